@@ -1,0 +1,137 @@
+"""The constraint protocol: stateless projections and stateful ones."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import jax
+import numpy as np
+import optax
+
+from jaxcons._rules import is_floating
+
+__all__ = ["Constraint", "StatefulConstraint", "leafwise"]
+
+
+def _is_single_array(x: Any) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, np.generic, float, int))
+
+
+def leafwise(fn: Callable[[Any, jax.Array], jax.Array]) -> Callable[[Any, Any], Any]:
+    """Wraps ``fn(self, w)`` written for one array so it also takes a whole pytree.
+
+    On a pytree, every floating-point leaf is projected and every other leaf (integer arrays,
+    `optax.MaskedNode`) is passed through. A single non-floating array is a ``TypeError``:
+    constraints act on floating-point parameters only.
+    """
+    if getattr(fn, "_jaxcons_leafwise", False):
+        return fn
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, w: Any) -> Any:
+        if _is_single_array(w):
+            if not is_floating(w):
+                raise TypeError(
+                    f"{type(self).__name__} acts on floating-point arrays; got an array of "
+                    f"dtype {getattr(w, 'dtype', type(w).__name__)}."
+                )
+            return fn(self, w)
+        return jax.tree_util.tree_map(
+            lambda x: fn(self, x) if is_floating(x) else x,
+            w,
+            is_leaf=lambda x: isinstance(x, optax.MaskedNode),
+        )
+
+    wrapper._jaxcons_leafwise = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+class Constraint:
+    """Base class for weight constraints: pure projections ``w -> w``.
+
+    A subclass overrides ``__call__(self, w)`` for one array ``w`` and returns an array of the
+    same shape and dtype (the default is the identity). The base class makes every subclass's
+    ``__call__`` accept a whole pytree too: each floating-point leaf is projected, other leaves
+    pass through. Any plain callable ``w -> w`` is accepted wherever a constraint is; subclass
+    this class to get pytree calls, ``get_config`` / ``from_config`` and serialization.
+
+    Optional hooks used by the rule engine:
+
+    * ``check(shape, path)``: raise ``ValueError`` when the constraint cannot apply to a
+      parameter of that shape (an ``axis`` out of range, say). Called once per trace.
+    * ``elementwise_bounds``: ``(lower, upper)`` (either may be ``None``) for constraints whose
+      feasible set is an elementwise box; `jaxcons.constrain` uses it to keep such parameters
+      exactly feasible after ``optax.apply_updates``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxcons
+      >>> class CenterAround(jaxcons.Constraint):
+      ...   def __init__(self, ref_value):
+      ...     self.ref_value = ref_value
+      ...   def __call__(self, w):
+      ...     return w - w.mean() + self.ref_value
+      ...   def get_config(self):
+      ...     return {"ref_value": self.ref_value}
+      >>> CenterAround(1.0)({"w": jnp.array([0.0, 2.0, 4.0])})["w"]
+      Array([-1.,  1.,  3.], dtype=float32)
+    """
+
+    elementwise_bounds: ClassVar[tuple[float | None, float | None] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        call = cls.__dict__.get("__call__")
+        if call is not None:
+            cls.__call__ = leafwise(call)  # type: ignore[method-assign]
+
+    @leafwise
+    def __call__(self, w: jax.Array) -> jax.Array:
+        return w
+
+    def check(self, shape: tuple[int, ...], path: str) -> None:
+        """Raises ``ValueError`` if this constraint cannot act on a leaf of ``shape``."""
+        del shape, path
+
+    def get_config(self) -> dict[str, Any]:
+        """Returns the constructor arguments, so that ``cls(**config)`` rebuilds the object."""
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Constraint:
+        """Rebuilds a constraint from the output of `get_config`."""
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(self) is not type(other):
+            return NotImplemented
+        return self.get_config() == other.get_config()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), repr(self)))
+
+
+class StatefulConstraint(Constraint):
+    """A constraint that carries state across training steps (e.g. power-iteration vectors).
+
+    Subclasses implement:
+
+    * ``init(w) -> state``: the initial state (a pytree of arrays) for parameter ``w``.
+    * ``project(w, state) -> (w, state)``: the jit-compatible projection used by
+      `jaxcons.constrain`, which keeps each parameter's state in its optimizer state.
+    * ``__call__(w)``: the accurate projection with no state to carry (used by
+      `jaxcons.apply_constraints` and direct calls).
+    """
+
+    def init(self, w: jax.Array) -> Any:
+        """Returns the initial state for parameter ``w``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement init(w).")
+
+    def project(self, w: jax.Array, state: Any) -> tuple[jax.Array, Any]:
+        """Projects ``w`` using and updating ``state``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement project(w, state).")

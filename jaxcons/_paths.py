@@ -1,0 +1,86 @@
+"""Parameter paths: the `/`-joined names that rules match against."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import optax
+
+__all__ = ["key_name", "path_str", "paths", "flatten_with_paths"]
+
+# Attribute names that flax uses for the payload of a metadata box (linen `nn.Partitioned`,
+# `nn.LogicallyPartitioned`, jaxcons' own boxes) or of an nnx `Variable`. A trailing key with
+# one of these names is dropped so the path names the parameter, not its container.
+_PAYLOAD_KEYS = ("value", "raw_value")
+
+
+def _is_leaf(x: Any) -> bool:
+    # `optax.MaskedNode` is an empty pytree; keep it as a leaf so masked trees keep their paths.
+    return isinstance(x, optax.MaskedNode)
+
+
+def key_name(key: Any) -> str:
+    """Returns one path segment for a `jax.tree_util` key entry."""
+    if isinstance(key, jax.tree_util.DictKey):
+        return str(key.key)
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return key.name
+    if isinstance(key, jax.tree_util.SequenceKey):
+        return str(key.idx)
+    if isinstance(key, jax.tree_util.FlattenedIndexKey):
+        return str(key.key)
+    return str(key)
+
+
+def path_str(keypath: Sequence[Any]) -> str:
+    """Joins a `jax.tree_util` key path into a `/`-separated string.
+
+    Dict keys, attribute names and sequence indices each give one segment; a trailing
+    ``value`` segment (the payload of a flax metadata box or an nnx ``Variable``) is dropped,
+    so linen (``params/Dense_0/kernel``), nnx (``layers/0/kernel``) and plain pytrees read alike.
+
+    Args:
+      keypath: a key path, as produced by `jax.tree_util.tree_flatten_with_path`.
+
+    Returns:
+      The path string.
+
+    Example:
+      >>> import jax, jaxcons
+      >>> (kp, _), = jax.tree_util.tree_flatten_with_path({"dense": [1.0]})[0]
+      >>> jaxcons.path_str(kp)
+      'dense/0'
+    """
+    names = [key_name(k) for k in keypath]
+    if len(names) > 1 and names[-1] in _PAYLOAD_KEYS:
+        names.pop()
+    return "/".join(names)
+
+
+def flatten_with_paths(tree: Any) -> tuple[list[tuple[str, Any]], Any]:
+    """Flattens ``tree`` into ``[(path, leaf), ...]`` and its treedef.
+
+    `optax.MaskedNode` entries are kept as leaves (they pass through every transform).
+    """
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_leaf)
+    return [(path_str(kp), leaf) for kp, leaf in leaves], treedef
+
+
+def paths(tree: Any) -> list[str]:
+    """Lists the path of every leaf of ``tree``, in flattening order.
+
+    Args:
+      tree: any pytree: a params dict, a linen variables dict, an nnx ``State``.
+
+    Returns:
+      A list of ``/``-joined path strings, one per leaf.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxcons
+      >>> jaxcons.paths({"params": {"Dense_0": {"bias": jnp.zeros(2), "kernel": jnp.ones((3, 2))}}})
+      ['params/Dense_0/bias', 'params/Dense_0/kernel']
+    """
+    flat, _ = flatten_with_paths(tree)
+    return [p for p, _ in flat]

@@ -1,0 +1,251 @@
+"""Ordered ``(pattern, value)`` rules over parameter paths: first match wins, strict by default."""
+
+from __future__ import annotations
+
+import difflib
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxcons._paths import flatten_with_paths
+from jaxcons._patterns import compile_pattern
+
+__all__ = ["Rule", "Rules", "Resolution", "is_floating", "mask"]
+
+RulesLike = Mapping[Any, Any] | Sequence[tuple[Any, Any]]
+
+_CACHE_SIZE = 16
+
+
+def is_floating(leaf: Any) -> bool:
+    """Whether ``leaf`` is a floating-point array or scalar (the leaves rules act on)."""
+    if isinstance(leaf, optax.MaskedNode) or leaf is None:
+        return False
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None:
+        if isinstance(leaf, bool) or not isinstance(leaf, (int, float, np.generic)):
+            return False
+        dtype = jnp.result_type(leaf)
+    return bool(jnp.issubdtype(dtype, jnp.floating))
+
+
+def _describe_leaf(leaf: Any) -> str:
+    if isinstance(leaf, optax.MaskedNode):
+        return "masked"
+    dtype = getattr(leaf, "dtype", None)
+    return str(dtype) if dtype is not None else type(leaf).__name__
+
+
+class Rule(NamedTuple):
+    """One rule: the user's pattern, its printable form, its predicate and its value."""
+
+    pattern: Any
+    description: str
+    predicate: Callable[[str, Any], bool]
+    value: Any
+
+
+class Resolution(NamedTuple):
+    """Which rule governs each leaf of one tree structure.
+
+    Attributes:
+      paths: the path of every leaf, in flattening order.
+      rule_index: for every leaf, the index of the first matching rule, or ``None`` when no rule
+        matches, the rule's value is ``None``, or the leaf is not a floating-point array.
+      values: for every leaf, the value of that rule, or ``None``.
+    """
+
+    paths: tuple[str, ...]
+    rule_index: tuple[int | None, ...]
+    values: tuple[Any, ...]
+
+    def active(self) -> Iterator[tuple[int, str, Any]]:
+        """Yields ``(leaf_position, path, value)`` for every leaf that a rule acts on."""
+        for i, (path, value) in enumerate(zip(self.paths, self.values, strict=True)):
+            if value is not None:
+                yield i, path, value
+
+
+class Rules:
+    """An ordered list of ``(pattern, value)`` rules over parameter paths.
+
+    The first rule whose pattern matches a leaf's path gives that leaf its value; a value of
+    ``None`` explicitly leaves matching leaves alone (useful to exempt parameters before a broad
+    rule). Only floating-point array leaves are acted on: integer leaves, ``None`` and
+    `optax.MaskedNode` pass through.
+
+    With ``strict=True`` every rule must match at least one floating-point (or masked) leaf of
+    the tree it is resolved against; a rule that matches nothing raises a ``ValueError`` naming
+    the pattern and the closest existing paths. A rule shadowed by an earlier rule still counts
+    as matching.
+
+    Resolution runs in Python, once per tree structure (it is cached on the tree definition and
+    the leaves' shapes and dtypes), so under `jax.jit` it costs nothing per step.
+
+    Args:
+      rules: a mapping ``{pattern: value}`` or a sequence of ``(pattern, value)`` pairs, in
+        priority order. A pattern is a glob (``"**/kernel"``), a ``"re:<regex>"`` full-match
+        regex, or a callable ``(path, leaf) -> bool``.
+      coerce: turns each non-``None`` value into the object used (e.g. ``constraints.get``).
+      strict: whether a rule that matches nothing is an error.
+      kind: what the values are, for error messages (``"constraint"``, ``"regularizer"``).
+    """
+
+    def __init__(
+        self,
+        rules: RulesLike,
+        *,
+        coerce: Callable[[Any], Any] = lambda v: v,
+        strict: bool = True,
+        kind: str = "value",
+    ):
+        if not isinstance(strict, bool):
+            raise TypeError(f"strict must be a bool, got {strict!r}.")
+        if isinstance(rules, Rules):
+            self.entries: tuple[Rule, ...] = rules.entries
+        else:
+            self.entries = tuple(
+                Rule(pattern, *compile_pattern(pattern), None if v is None else coerce(v))
+                for pattern, v in _as_pairs(rules, kind)
+            )
+        self.strict = strict
+        self.kind = kind
+        self._cache: OrderedDict[Any, Resolution] = OrderedDict()
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{r.description!r}: {r.value!r}" for r in self.entries)
+        return f"Rules({{{body}}}, strict={self.strict})"
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def resolve(self, tree: Any) -> Resolution:
+        """Resolves the rules against ``tree``; see the class docstring.
+
+        Raises:
+          ValueError: with ``strict=True``, when a rule matches no leaf; or when a value's
+            ``check(shape, path)`` hook rejects a leaf (an axis out of range, say).
+        """
+        flat, treedef = flatten_with_paths(tree)
+        signature = tuple(
+            (getattr(leaf, "shape", None), getattr(leaf, "dtype", None) or type(leaf))
+            for _, leaf in flat
+        )
+        key = (treedef, signature)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        resolution = self._resolve(flat)
+        self._cache[key] = resolution
+        if len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return resolution
+
+    def _resolve(self, flat: list[tuple[str, Any]]) -> Resolution:
+        matched_usable = [False] * len(self.entries)
+        matched_other: list[list[str]] = [[] for _ in self.entries]
+        rule_index: list[int | None] = []
+        values: list[Any] = []
+        for path, leaf in flat:
+            usable = is_floating(leaf)
+            masked = isinstance(leaf, optax.MaskedNode)
+            first = None
+            for j, rule in enumerate(self.entries):
+                if not rule.predicate(path, leaf):
+                    continue
+                if usable or masked:
+                    matched_usable[j] = True
+                else:
+                    matched_other[j].append(f"{path} ({_describe_leaf(leaf)})")
+                if first is None:
+                    first = j
+                    if not self.strict:
+                        break
+            value = None
+            if first is not None and usable:
+                value = self.entries[first].value
+                check = getattr(value, "check", None)
+                if value is not None and callable(check):
+                    check(tuple(leaf.shape) if hasattr(leaf, "shape") else (), path)
+            rule_index.append(first if value is not None else None)
+            values.append(value)
+        if self.strict:
+            all_paths = [p for p, _ in flat]
+            for j, rule in enumerate(self.entries):
+                if not matched_usable[j]:
+                    raise ValueError(_unmatched_message(self.kind, rule, all_paths, matched_other[j]))
+        return Resolution(tuple(p for p, _ in flat), tuple(rule_index), tuple(values))
+
+
+def _as_pairs(rules: Any, kind: str) -> list[tuple[Any, Any]]:
+    if isinstance(rules, Mapping):
+        return list(rules.items())
+    if isinstance(rules, (str, bytes)) or not isinstance(rules, Sequence):
+        raise TypeError(
+            f"{kind} rules must be a mapping {{pattern: {kind}}} or a sequence of "
+            f"(pattern, {kind}) pairs; got {rules!r} of type {type(rules).__name__}. "
+            f"To cover every parameter, use {{'**': ...}}."
+        )
+    pairs = []
+    for i, item in enumerate(rules):
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise TypeError(
+                f"{kind} rule #{i} must be a (pattern, {kind}) pair, got {item!r}."
+            )
+        pairs.append((item[0], item[1]))
+    return pairs
+
+
+def _unmatched_message(kind: str, rule: Rule, all_paths: list[str], others: list[str]) -> str:
+    msg = f"{kind} rule {rule.description!r} matches no parameter"
+    if others:
+        shown = ", ".join(others[:5])
+        msg += (
+            f": it matches only leaves that are not floating-point arrays ({shown}), "
+            f"which a {kind} never acts on"
+        )
+    elif not all_paths:
+        msg += " (the tree has no leaves)"
+    else:
+        query = rule.description if isinstance(rule.pattern, str) else ""
+        query = query[3:] if query.startswith("re:") else query
+        close = difflib.get_close_matches(query, all_paths, n=3, cutoff=0.0) if query else []
+        close = close or all_paths[:3]
+        msg += f". Closest paths: {', '.join(repr(p) for p in close)}"
+    return msg + ". Fix the pattern, or pass strict=False to allow rules that match nothing."
+
+
+def mask(tree: Any, pattern: Any, *, strict: bool = True) -> Any:
+    """Builds a boolean pytree that is ``True`` where ``pattern`` matches a leaf's path.
+
+    Usable as the ``mask`` of `optax.masked` (or `optax.add_decayed_weights`).
+
+    Args:
+      tree: the parameter pytree.
+      pattern: a glob, a ``"re:"`` regex or a callable ``(path, leaf) -> bool``.
+      strict: raise if the pattern matches no leaf.
+
+    Returns:
+      A pytree of Python bools with the structure of ``tree``.
+
+    Raises:
+      ValueError: with ``strict=True``, when the pattern matches no leaf.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxcons
+      >>> jaxcons.mask({"kernel": jnp.ones(2), "bias": jnp.zeros(2)}, "kernel")
+      {'bias': False, 'kernel': True}
+    """
+    description, predicate = compile_pattern(pattern)
+    flat, treedef = flatten_with_paths(tree)
+    out = [bool(predicate(path, leaf)) for path, leaf in flat]
+    if strict and not any(out):
+        rule = Rule(pattern, description, predicate, None)
+        raise ValueError(_unmatched_message("mask", rule, [p for p, _ in flat], []))
+    return jax.tree_util.tree_unflatten(treedef, out)

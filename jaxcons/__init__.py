@@ -1,12 +1,28 @@
 """jaxcons: Keras-style weight constraints and regularizers for JAX, optax and flax."""
 
-from jaxcons import constraints
+from jaxcons import constraints, regularizers
 from jaxcons._constraint import Constraint, StatefulConstraint
 from jaxcons._constraints import Clip, NonNeg
 from jaxcons._paths import path_str, paths
+from jaxcons._penalties import activity_penalty, penalties, penalty
+from jaxcons._regularize import ProximalState, proximal, regularize
 from jaxcons._rules import Rules, mask
+from jaxcons._spectral import SpectralNorm, SpectralNormState
 from jaxcons._transforms import ConstrainState, apply_constraints, constrain
 from jaxcons.constraints import non_neg
+from jaxcons.regularizers import (
+    L1,
+    L1L2,
+    L2,
+    GroupLasso,
+    OrthogonalRegularizer,
+    Regularizer,
+    group_lasso,
+    l1,
+    l1_l2,
+    l2,
+    orthogonal_regularizer,
+)
 
 __version__ = "0.1.0"
 
@@ -14,14 +30,34 @@ __all__ = [
     "Clip",
     "ConstrainState",
     "Constraint",
+    "GroupLasso",
+    "L1",
+    "L1L2",
+    "L2",
     "NonNeg",
+    "OrthogonalRegularizer",
+    "ProximalState",
+    "Regularizer",
     "Rules",
+    "SpectralNorm",
+    "SpectralNormState",
     "StatefulConstraint",
+    "activity_penalty",
     "apply_constraints",
     "constrain",
     "constraints",
+    "group_lasso",
+    "l1",
+    "l1_l2",
+    "l2",
     "mask",
     "non_neg",
+    "orthogonal_regularizer",
     "path_str",
     "paths",
+    "penalties",
+    "penalty",
+    "proximal",
+    "regularize",
+    "regularizers",
 ]

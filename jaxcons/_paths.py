@@ -11,8 +11,8 @@ import optax
 __all__ = ["key_name", "path_str", "paths", "flatten_with_paths"]
 
 # Attribute names that flax uses for the payload of a metadata box (linen `nn.Partitioned`,
-# `nn.LogicallyPartitioned`, jaxcons' own boxes) or of an nnx `Variable`. A trailing key with
-# one of these names is dropped so the path names the parameter, not its container.
+# `nn.LogicallyPartitioned`, jaxcons' own boxes) or of an nnx `Variable`. Trailing keys with
+# these names are dropped so the path names the parameter, not its container.
 _PAYLOAD_KEYS = ("value", "raw_value")
 
 
@@ -37,8 +37,9 @@ def key_name(key: Any) -> str:
 def path_str(keypath: Sequence[Any]) -> str:
     """Joins a `jax.tree_util` key path into a `/`-separated string.
 
-    Dict keys, attribute names and sequence indices each give one segment; a trailing
-    ``value`` segment (the payload of a flax metadata box or an nnx ``Variable``) is dropped,
+    Dict keys, attribute names and sequence indices each give one segment; trailing
+    ``value`` segments (the payload of a flax metadata box, nested boxes, or an nnx ``Variable``)
+    are dropped,
     so linen (``params/Dense_0/kernel``), nnx (``layers/0/kernel``) and plain pytrees read alike.
 
     Args:
@@ -54,7 +55,7 @@ def path_str(keypath: Sequence[Any]) -> str:
       'dense/0'
     """
     names = [key_name(k) for k in keypath]
-    if len(names) > 1 and names[-1] in _PAYLOAD_KEYS:
+    while len(names) > 1 and names[-1] in _PAYLOAD_KEYS:
         names.pop()
     return "/".join(names)
 

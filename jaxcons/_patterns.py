@@ -49,7 +49,12 @@ def glob_to_regex(glob: str) -> str:
     """
     if not glob:
         raise ValueError("A path pattern must be a non-empty string, got ''.")
-    segments = glob.split("/")
+    segments = []
+    for seg in glob.split("/"):
+        # A run of '**' segments means the same as one (and would otherwise break the
+        # trailing-'**' rule below, which assumes the segment before it is a plain one).
+        if not (seg == "**" and segments and segments[-1] == "**"):
+            segments.append(seg)
     parts: list[str] = []
     n = len(segments)
     for i, seg in enumerate(segments):

@@ -34,6 +34,10 @@ def is_floating(leaf: Any) -> bool:
     return bool(jnp.issubdtype(dtype, jnp.floating))
 
 
+def _is_masked(x: Any) -> bool:
+    return isinstance(x, optax.MaskedNode)
+
+
 def _describe_leaf(leaf: Any) -> str:
     if isinstance(leaf, optax.MaskedNode):
         return "masked"
@@ -90,7 +94,8 @@ class Rules:
     Args:
       rules: a mapping ``{pattern: value}`` or a sequence of ``(pattern, value)`` pairs, in
         priority order. A pattern is a glob (``"**/kernel"``), a ``"re:<regex>"`` full-match
-        regex, or a callable ``(path, leaf) -> bool``.
+        regex, or a callable ``(path, leaf) -> bool``. Another `Rules` is copied (its values
+        passed through ``coerce`` again).
       coerce: turns each non-``None`` value into the object used (e.g. ``constraints.get``).
       strict: whether a rule that matches nothing is an error.
       kind: what the values are, for error messages (``"constraint"``, ``"regularizer"``).
@@ -107,7 +112,12 @@ class Rules:
         if not isinstance(strict, bool):
             raise TypeError(f"strict must be a bool, got {strict!r}.")
         if isinstance(rules, Rules):
-            self.entries: tuple[Rule, ...] = rules.entries
+            # Re-coerce: the given rules may hold names or configs (``coerce`` is idempotent on
+            # objects it already produced, e.g. ``constraints.get`` on a constraint).
+            self.entries: tuple[Rule, ...] = tuple(
+                r._replace(value=None if r.value is None else coerce(r.value))
+                for r in rules.entries
+            )
         else:
             self.entries = tuple(
                 Rule(pattern, *compile_pattern(pattern), None if v is None else coerce(v))
@@ -131,16 +141,19 @@ class Rules:
           ValueError: with ``strict=True``, when a rule matches no leaf; or when a value's
             ``check(shape, path)`` hook rejects a leaf (an axis out of range, say).
         """
-        flat, treedef = flatten_with_paths(tree)
+        # The cache key needs no path strings: build them (the costly part of flattening a
+        # big tree) only on a miss.
+        leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=_is_masked)
         signature = tuple(
             (getattr(leaf, "shape", None), getattr(leaf, "dtype", None) or type(leaf))
-            for _, leaf in flat
+            for leaf in leaves
         )
         key = (treedef, signature)
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
             return cached
+        flat, _ = flatten_with_paths(tree)
         resolution = self._resolve(flat)
         self._cache[key] = resolution
         if len(self._cache) > _CACHE_SIZE:
@@ -179,7 +192,9 @@ class Rules:
             all_paths = [p for p, _ in flat]
             for j, rule in enumerate(self.entries):
                 if not matched_usable[j]:
-                    raise ValueError(_unmatched_message(self.kind, rule, all_paths, matched_other[j]))
+                    raise ValueError(
+                        _unmatched_message(self.kind, rule, all_paths, matched_other[j])
+                    )
         return Resolution(tuple(p for p, _ in flat), tuple(rule_index), tuple(values))
 
 

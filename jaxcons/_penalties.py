@@ -1,0 +1,162 @@
+"""Penalties over parameter trees (`penalty`, `penalties`) and on outputs (`activity_penalty`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxcons import regularizers
+from jaxcons._regularizer_ops import accumulation_dtype, add_penalties
+from jaxcons._rules import Rules, RulesLike, is_floating
+
+__all__ = ["activity_penalty", "as_regularizer_rules", "leaf_penalty", "penalties", "penalty"]
+
+
+def as_regularizer_rules(rules: RulesLike | Rules, *, strict: bool = True) -> Rules:
+    """Builds `Rules` whose values are regularizers (names and configs are looked up)."""
+    if isinstance(rules, Rules):
+        return Rules(rules, strict=strict, kind="regularizer")
+    return Rules(rules, coerce=regularizers.get, strict=strict, kind="regularizer")
+
+
+def leaf_penalty(regularizer: Any, x: jax.Array, path: str | None) -> jax.Array:
+    """Calls ``regularizer(x)`` and checks that it returned a scalar (in at least float32).
+
+    Raises:
+      ValueError: naming the parameter's path (``None``: a layer's outputs), if the result is
+        not a scalar.
+    """
+    value = jnp.asarray(regularizer(x))
+    if value.shape != ():
+        target = "a layer's outputs" if path is None else f"parameter {path!r}"
+        raise ValueError(
+            f"The regularizer {regularizer!r} for {target} returned an array of shape "
+            f"{value.shape}; a regularizer must return a scalar (sum it)."
+        )
+    return value.astype(accumulation_dtype(value.dtype))
+
+
+def _governed(
+    params: optax.Params, rules: RulesLike | Rules, strict: bool
+) -> Iterator[tuple[str, jax.Array, Any]]:
+    resolution = as_regularizer_rules(rules, strict=strict).resolve(params)
+    leaves = jax.tree_util.tree_leaves(params, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+    for i, path, r in resolution.active():
+        yield path, leaves[i], r
+
+
+def penalties(
+    params: optax.Params, rules: RulesLike | Rules, *, strict: bool = True
+) -> dict[str, jax.Array]:
+    """The penalty of every parameter a rule governs, by path: for logging.
+
+    This is what Keras exposes as ``layer.losses``, keyed by parameter path.
+
+    Args:
+      params: the parameter pytree.
+      rules: ``{pattern: regularizer}`` or ``[(pattern, regularizer), ...]``; first match
+        wins, ``None`` exempts. Regularizers may be `Regularizer` objects, plain callables
+        ``x -> scalar``, names or config dicts.
+      strict: raise if a rule matches no floating-point parameter (default).
+
+    Returns:
+      ``{path: scalar}`` in the tree's flattening order, each scalar in at least float32.
+
+    Raises:
+      ValueError: when a rule matches nothing (``strict=True``), a regularizer cannot act on a
+        parameter's shape, or a regularizer returns a non-scalar.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxcons
+      >>> params = {"kernel": jnp.ones((2, 2)), "bias": jnp.array([1.0, -1.0])}
+      >>> jaxcons.penalties(params, {"kernel": "l2", "bias": jaxcons.L1(0.1)})
+      {'bias': Array(0.2, dtype=float32), 'kernel': Array(0.04, dtype=float32)}
+    """
+    return {path: leaf_penalty(r, x, path) for path, x, r in _governed(params, rules, strict)}
+
+
+def penalty(
+    params: optax.Params, rules: RulesLike | Rules, *, strict: bool = True
+) -> jax.Array:
+    """The total penalty of a parameter tree: add it to the loss.
+
+    .. math:: \\Omega(\\theta) = \\sum_{\\text{governed leaves } p} R_p(\\theta_p)
+
+    where ``R_p`` is the regularizer of the first rule matching ``p``'s path. Pure and
+    jit-/grad-compatible (rules are resolved once per trace); each leaf's penalty is a
+    reduction of that leaf, so sharded parameters are reduced where they live.
+
+    Args:
+      params: the parameter pytree.
+      rules: ``{pattern: regularizer}`` or ``[(pattern, regularizer), ...]``; first match
+        wins, ``None`` exempts.
+      strict: raise if a rule matches no floating-point parameter (default).
+
+    Returns:
+      A scalar in at least float32 (0.0 when no parameter is governed).
+
+    Raises:
+      ValueError: as `penalties`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxcons
+      >>> params = {"kernel": jnp.ones((2, 2)), "bias": jnp.array([1.0, -1.0])}
+      >>> rules = {"kernel": jaxcons.L2(0.5), "bias": jaxcons.L1(0.1)}
+      >>> jaxcons.penalty(params, rules)
+      Array(2.2, dtype=float32)
+      >>> jax.grad(jaxcons.penalty)(params, rules)["bias"]
+      Array([ 0.1, -0.1], dtype=float32)
+    """
+    return add_penalties(
+        [leaf_penalty(r, x, path) for path, x, r in _governed(params, rules, strict)]
+    )
+
+
+def activity_penalty(regularizer: Any, outputs: Any) -> jax.Array:
+    """The activity penalty of a layer's outputs, divided by the batch size (as Keras does).
+
+    .. math:: \\Omega(y) = R(y) / \\text{batch size}
+
+    The batch size is the size of the first axis, so the weighting of weight and activity
+    penalties does not change with it. A pytree of outputs gets the sum over its
+    floating-point leaves, each divided by its own batch size; a scalar output is not divided
+    and an empty batch gives 0, as in Keras.
+
+    Args:
+      regularizer: a `Regularizer`, a callable ``x -> scalar``, a name or a config dict;
+        ``None`` gives 0.
+      outputs: an array (or a pytree of arrays) of layer outputs, batch first.
+
+    Returns:
+      A scalar in at least float32.
+
+    Raises:
+      ValueError: if the regularizer returns a non-scalar.
+
+    Example:
+      The Keras documentation's example: a Dense(5) layer with an all-ones kernel, on an
+      input of twos.
+
+      >>> import jax.numpy as jnp, jaxcons
+      >>> outputs = (2.0 * jnp.ones((5, 5))) @ jnp.ones((5, 5))
+      >>> jaxcons.activity_penalty(jaxcons.L2(0.01), outputs)
+      Array(5., dtype=float32)
+    """
+    reg = regularizers.get(regularizer)
+    if reg is None:
+        return jnp.zeros((), jnp.float32)
+    leaves = jax.tree_util.tree_leaves(outputs, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+    terms = []
+    for y in leaves:
+        if not is_floating(y):
+            continue
+        y = jnp.asarray(y)
+        value = leaf_penalty(reg, y, None)
+        if y.ndim > 0:  # Keras divides with divide_no_nan: an empty batch gives 0.
+            value = value / y.shape[0] if y.shape[0] else jnp.zeros((), value.dtype)
+        terms.append(value)
+    return add_penalties(terms)

@@ -1,0 +1,122 @@
+"""Weight regularizers: the classes, their Keras alias names, and (de)serialization.
+
+Everything here is also available from the top-level `jaxcons` namespace, except the
+registry functions (`get`, `serialize`, `deserialize`, `register`), which live here as in
+``keras.regularizers``.
+
+The aliases (`l1`, `l2`, `l1_l2`, `orthogonal_regularizer`, `group_lasso`) are the classes
+themselves, as in Keras 3, so ``l1_l2()`` has the class defaults ``l1=0.0, l2=0.0``; the
+string identifier ``"l1_l2"`` gives ``L1L2(l1=0.01, l2=0.01)``, as the Keras documentation
+promises.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jaxcons._registry import Registry
+from jaxcons._regularizer import Regularizer
+from jaxcons._regularizers import L1, L1L2, L2, GroupLasso, OrthogonalRegularizer
+
+__all__ = [
+    "GroupLasso",
+    "L1",
+    "L1L2",
+    "L2",
+    "OrthogonalRegularizer",
+    "Regularizer",
+    "deserialize",
+    "get",
+    "group_lasso",
+    "l1",
+    "l1_l2",
+    "l2",
+    "orthogonal_regularizer",
+    "register",
+    "serialize",
+]
+
+l1 = L1
+l2 = L2
+l1_l2 = L1L2
+orthogonal_regularizer = OrthogonalRegularizer
+group_lasso = GroupLasso
+
+_registry = Registry("regularizer", Regularizer)
+for _cls in (Regularizer, L1, L2, L1L2, OrthogonalRegularizer, GroupLasso):
+    _registry.add(_cls)
+for _name, _factory in {
+    "l1": L1,
+    "l2": L2,
+    # Keras 3 rejects this documented identifier; we give what its documentation promises.
+    "l1_l2": lambda: L1L2(l1=0.01, l2=0.01),
+    "orthogonal_regularizer": OrthogonalRegularizer,
+    "group_lasso": GroupLasso,
+}.items():
+    _registry.add_shortcut(_name, _factory)
+
+
+def get(identifier: Any) -> Any:
+    """Returns a regularizer from an identifier.
+
+    Args:
+      identifier: ``None``; a class name (``"L1"``) or snake_case name (``"l1"`` and ``"l2"``
+        give factor 0.01, ``"l1_l2"`` gives ``L1L2(l1=0.01, l2=0.01)``,
+        ``"orthogonal_regularizer"``, ``"group_lasso"``), built with those defaults; a dict from
+        `serialize`; a `Regularizer`; or any callable ``x -> scalar``.
+
+    Returns:
+      The regularizer, or ``None`` for ``None``.
+
+    Raises:
+      ValueError: for an unknown name, listing the valid ones.
+      TypeError: for anything else.
+
+    Example:
+      >>> import jaxcons
+      >>> jaxcons.regularizers.get("l1_l2")
+      L1L2(l1=0.01, l2=0.01)
+    """
+    return _registry.get(identifier)
+
+
+def serialize(regularizer: Regularizer) -> dict[str, Any]:
+    """Returns a JSON-safe ``{"class_name": ..., "config": ...}`` dict for a regularizer.
+
+    Factors are kept as the exact Python floats given (Keras stores 0.01 as 0.009999999776).
+
+    Raises:
+      ValueError: for a plain function or an unregistered class.
+
+    Example:
+      >>> import jaxcons
+      >>> jaxcons.regularizers.serialize(jaxcons.L1(0.01))
+      {'class_name': 'L1', 'config': {'l1': 0.01}}
+    """
+    return _registry.serialize(regularizer)
+
+
+def deserialize(config: dict[str, Any] | str) -> Regularizer:
+    """Rebuilds a regularizer from `serialize`'s output (or from a name).
+
+    Example:
+      >>> import jaxcons
+      >>> jaxcons.regularizers.deserialize({"class_name": "L2", "config": {"l2": 0.5}})
+      L2(l2=0.5)
+    """
+    return _registry.deserialize(config)
+
+
+def register(cls: type | None = None, *, name: str | None = None) -> Any:
+    """Class decorator registering a custom `Regularizer` subclass for `get`/`deserialize`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxcons
+      >>> @jaxcons.regularizers.register
+      ... class SumSquares(jaxcons.Regularizer):
+      ...   def __call__(self, x):
+      ...     return jnp.sum(x * x)
+      >>> jaxcons.regularizers.deserialize(jaxcons.regularizers.serialize(SumSquares()))
+      SumSquares()
+    """
+    return _registry.register(cls, name=name)

@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check jaxcons tests benchmarks examples conftest.py
+	$(VENV)/bin/ruff check jaxcons tests benchmarks examples notebooks conftest.py
 
 test: $(STAMP) lint
-	$(PY) -m pytest -n $(PYTEST_WORKERS) jaxcons tests notebooks
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --nbmake jaxcons tests notebooks
 
 demo: $(STAMP)
 	$(PY) examples/digits_demo.py --out demo_out

@@ -2,14 +2,27 @@
 
 from jaxcons import constraints, regularizers
 from jaxcons._constraint import Constraint, StatefulConstraint
-from jaxcons._constraints import Clip, NonNeg
 from jaxcons._paths import path_str, paths
 from jaxcons._penalties import activity_penalty, penalties, penalty
 from jaxcons._regularize import ProximalState, proximal, regularize
 from jaxcons._rules import Rules, mask
-from jaxcons._spectral import SpectralNorm, SpectralNormState
+from jaxcons._spectral import SpectralNormState
 from jaxcons._transforms import ConstrainState, apply_constraints, constrain
-from jaxcons.constraints import non_neg
+from jaxcons.constraints import (
+    Clip,
+    MaxNorm,
+    MinMaxNorm,
+    NonNeg,
+    RadialConstraint,
+    SpectralNorm,
+    UnitNorm,
+    max_norm,
+    min_max_norm,
+    non_neg,
+    radial_constraint,
+    spectral_norm,
+    unit_norm,
+)
 from jaxcons.regularizers import (
     L1,
     L1L2,
@@ -34,14 +47,18 @@ __all__ = [
     "L1",
     "L1L2",
     "L2",
+    "MaxNorm",
+    "MinMaxNorm",
     "NonNeg",
     "OrthogonalRegularizer",
     "ProximalState",
+    "RadialConstraint",
     "Regularizer",
     "Rules",
     "SpectralNorm",
     "SpectralNormState",
     "StatefulConstraint",
+    "UnitNorm",
     "activity_penalty",
     "apply_constraints",
     "constrain",
@@ -51,6 +68,8 @@ __all__ = [
     "l1_l2",
     "l2",
     "mask",
+    "max_norm",
+    "min_max_norm",
     "non_neg",
     "orthogonal_regularizer",
     "path_str",
@@ -58,6 +77,9 @@ __all__ = [
     "penalties",
     "penalty",
     "proximal",
+    "radial_constraint",
     "regularize",
     "regularizers",
+    "spectral_norm",
+    "unit_norm",
 ]

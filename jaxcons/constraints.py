@@ -10,29 +10,63 @@ from __future__ import annotations
 from typing import Any
 
 from jaxcons._constraint import Constraint, StatefulConstraint
-from jaxcons._constraints import Clip, NonNeg
+from jaxcons._constraints import Clip, MaxNorm, MinMaxNorm, NonNeg, RadialConstraint, UnitNorm
 from jaxcons._registry import Registry
+from jaxcons._spectral import SpectralNorm
 
 __all__ = [
     "Clip",
     "Constraint",
+    "MaxNorm",
+    "MinMaxNorm",
     "NonNeg",
+    "RadialConstraint",
+    "SpectralNorm",
     "StatefulConstraint",
+    "UnitNorm",
     "deserialize",
     "get",
+    "max_norm",
+    "min_max_norm",
     "non_neg",
+    "radial_constraint",
     "register",
     "serialize",
+    "spectral_norm",
+    "unit_norm",
 ]
 
+# Keras's shortcut names (and one for SpectralNorm, which Keras lacks).
+max_norm = MaxNorm
+min_max_norm = MinMaxNorm
 non_neg = NonNeg
+unit_norm = UnitNorm
+radial_constraint = RadialConstraint
+spectral_norm = SpectralNorm
 
 _registry = Registry("constraint", Constraint)
-for _cls in (Constraint, Clip, NonNeg):
+for _cls in (
+    Constraint,
+    Clip,
+    MaxNorm,
+    MinMaxNorm,
+    NonNeg,
+    RadialConstraint,
+    SpectralNorm,
+    UnitNorm,
+):
     _registry.add(_cls)
 for _name, _factory in {
+    "max_norm": MaxNorm,
+    "min_max_norm": MinMaxNorm,
     "non_neg": NonNeg,
-    "nonneg": NonNeg,  # tf.keras 2.x legacy name.
+    "unit_norm": UnitNorm,
+    "radial_constraint": RadialConstraint,
+    "spectral_norm": SpectralNorm,
+    # tf.keras 2.x legacy names.
+    "maxnorm": MaxNorm,
+    "nonneg": NonNeg,
+    "unitnorm": UnitNorm,
 }.items():
     _registry.add_shortcut(_name, _factory)
 
@@ -42,8 +76,10 @@ def get(identifier: Any) -> Any:
 
     Args:
       identifier: ``None``; a class name (``"MaxNorm"``) or snake_case name (``"max_norm"``,
-        and tf.keras's legacy ``"maxnorm"``, ``"nonneg"``, ``"unitnorm"``), built with its
-        defaults; a dict from `serialize`; a `Constraint`; or any callable ``w -> w``.
+        ``"min_max_norm"``, ``"non_neg"``, ``"unit_norm"``, ``"radial_constraint"``,
+        ``"spectral_norm"``, and tf.keras's legacy ``"maxnorm"``, ``"nonneg"``,
+        ``"unitnorm"``), built with its defaults; a dict from `serialize`; a `Constraint`;
+        or any callable ``w -> w``.
 
     Returns:
       The constraint, or ``None`` for ``None``.
@@ -56,6 +92,10 @@ def get(identifier: Any) -> Any:
       >>> import jaxcons
       >>> jaxcons.constraints.get("non_neg")
       NonNeg()
+      >>> jaxcons.constraints.get("maxnorm")
+      MaxNorm(max_value=2.0, axis=0)
+      >>> jaxcons.constraints.get({"class_name": "UnitNorm", "config": {"axis": [0, 1]}})
+      UnitNorm(axis=[0, 1])
     """
     return _registry.get(identifier)
 
@@ -75,7 +115,17 @@ def serialize(constraint: Constraint) -> dict[str, Any]:
 
 
 def deserialize(config: dict[str, Any] | str) -> Constraint:
-    """Rebuilds a constraint from `serialize`'s output (or from a name)."""
+    """Rebuilds a constraint from `serialize`'s output (or from a name).
+
+    Raises:
+      ValueError: for an unknown class name (listing the valid ones) or a malformed dict.
+
+    Example:
+      >>> import jaxcons
+      >>> c = jaxcons.constraints.MinMaxNorm(0.5, 2.0, rate=0.5, axis=(0, 1))
+      >>> jaxcons.constraints.deserialize(jaxcons.constraints.serialize(c)) == c
+      True
+    """
     return _registry.deserialize(config)
 
 

@@ -1,0 +1,390 @@
+"""The constraint contract: every constraint through the same checks, driven by one table.
+
+Each row names a constraint, the shape it is tried on, a strictly feasible input, a feasibility
+predicate written here in numpy (float64), and flags for the checks that apply to it:
+
+* ``exact``: elementwise (or value-copying) maths, so jit vs eager and idempotency are bit for
+  bit; otherwise they hold within a few ulps of the dtype.
+* ``idempotent``: ``P(P(w)) == P(w)`` (not for ``MinMaxNorm(rate<1)`` nor tf.keras's radial).
+* ``keeps_feasible``: a strictly feasible input comes back bit for bit.
+"""
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxcons
+from jaxcons.constraints import (
+    Clip,
+    Constraint,
+    MaxNorm,
+    MinMaxNorm,
+    NonNeg,
+    RadialConstraint,
+    SpectralNorm,
+    UnitNorm,
+)
+
+DTYPES = [jnp.bfloat16, jnp.float16, jnp.float32]
+
+
+class Symmetric(Constraint):
+    """A custom constraint: the orthogonal projection onto symmetric matrices."""
+
+    def __call__(self, w):
+        return (w + w.T) / 2
+
+
+# --- feasibility predicates (numpy, float64; `x` is the input, `y` the output) -------------------
+
+
+def _norms(y, axes):
+    return np.sqrt(np.sum(np.square(y), axis=tuple(axes)))
+
+
+def _max_norm(c, axes):
+    def feasible(x, y, tol):
+        return bool(np.all(_norms(y, axes) <= c * (1 + tol)))
+
+    return feasible
+
+
+def _min_max_norm(a, b, axes):
+    def feasible(x, y, tol):
+        n = _norms(y, axes)
+        return bool(np.all((n == 0) | ((n >= a * (1 - tol)) & (n <= b * (1 + tol)))))
+
+    return feasible
+
+
+def _min_max_norm_rate(a, b, rate, axes):
+    """One step of rate `r` moves each out-of-range norm a fraction `r` of the way in."""
+
+    def feasible(x, y, tol):
+        nx, ny = _norms(x, axes), _norms(y, axes)
+        inside = (nx == 0) | ((nx >= a) & (nx <= b))
+        target = np.where(inside, nx, rate * np.clip(nx, a, b) + (1 - rate) * nx)
+        return bool(np.all(np.abs(ny - target) <= 2 * tol * np.maximum(nx, 1)))
+
+    return feasible
+
+
+def _unit_norm(axes):
+    def feasible(x, y, tol):
+        n = _norms(y, axes)
+        return bool(np.all((n == 0) | (np.abs(n - 1) <= tol)))
+
+    return feasible
+
+
+def _rings(k):
+    """Chebyshev ring of each cell of a k x k grid (0 = centre cell or central 2x2 block)."""
+    i = np.arange(k)
+    d = np.abs(2 * i - (k - 1))
+    return np.maximum.outer(d, d) // 2
+
+
+def _ring_constant(x, y, tol):
+    rings = _rings(y.shape[0])
+    scale = max(float(np.max(np.abs(y))), 1e-30)
+    for r in np.unique(rings):
+        cells = y[rings == r]  # (cells, in, out)
+        if np.any(cells.max(axis=0) - cells.min(axis=0) > tol * scale):
+            return False
+    return True
+
+
+def _spectral(c):
+    def feasible(x, y, tol):
+        return bool(np.linalg.norm(y.reshape(-1, y.shape[-1]), 2) <= c * (1 + tol))
+
+    return feasible
+
+
+def _spectral_power_iteration(c):
+    """Inside `constrain`, sigma comes from power iteration, an estimate `e <= sigma`: the
+    kernel is scaled by `min(1, c / e)`, a factor in `[c / sigma, 1]` (1 when `sigma <= c`).
+    With the large steps of these tests (sigma of `x` several times `c`), it does scale."""
+
+    def feasible(x, y, tol):
+        s = float(np.sum(x * y) / np.sum(x * x))
+        sigma = np.linalg.norm(x.reshape(-1, x.shape[-1]), 2)
+        scaled = np.allclose(y, s * x, rtol=tol, atol=tol * float(np.max(np.abs(x))))
+        if sigma <= c:
+            return scaled and abs(s - 1) <= tol
+        return scaled and c / sigma * (1 - tol) <= s < 1
+
+    return feasible
+
+
+def _box(lo, hi):
+    def feasible(x, y, tol):
+        return bool(np.all((y >= lo) & (y <= hi)))
+
+    return feasible
+
+
+def _symmetric(x, y, tol):
+    return bool(np.all(np.abs(y - y.T) <= tol * max(float(np.max(np.abs(y))), 1e-30)))
+
+
+# --- strictly feasible inputs ---------------------------------------------------------------------
+
+
+def _with_norms(w, axes, norms):
+    """Rescales the vectors of `w` along `axes` to the given norms."""
+    n = np.sqrt(np.sum(np.square(w), axis=tuple(axes), keepdims=True))
+    return w / n * np.reshape(norms, n.shape)
+
+
+def _feasible_vectors(axes, low, high):
+    def make(rng, shape):
+        w = rng.normal(size=shape)
+        n_vectors = int(np.prod([s for i, s in enumerate(shape) if i not in axes]))
+        return _with_norms(w, axes, rng.uniform(low, high, size=n_vectors))
+
+    return make
+
+
+def _signed_one_hot(rng, shape):
+    w = np.zeros(shape)
+    w[rng.integers(0, shape[0], size=shape[1]), np.arange(shape[1])] = rng.choice([-1, 1], shape[1])
+    return w
+
+
+def _ring_constant_kernel(rng, shape):
+    values = rng.normal(size=(shape[0], *shape[2:]))
+    return values[_rings(shape[0])]
+
+
+def _small_spectrum(rng, shape):
+    w = rng.normal(size=shape)
+    return w / np.linalg.norm(w.reshape(-1, shape[-1]), 2) * 0.5
+
+
+def _symmetric_matrix(rng, shape):
+    a = rng.normal(size=shape)
+    return (a + a.T) / 2
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    id: str
+    make: Callable[[], Any]
+    shape: tuple[int, ...]
+    feasible: Callable[[np.ndarray, np.ndarray, float], bool]
+    feasible_input: Callable[[np.random.Generator, tuple[int, ...]], np.ndarray]
+    exact: bool = False
+    idempotent: bool = True
+    keeps_feasible: bool = True
+    # What `constrain` guarantees, when weaker than `feasible` (default: `feasible`, within
+    # a few ulps).
+    transform_feasible: Callable[[np.ndarray, np.ndarray, float], bool] | None = None
+
+
+ROWS = [
+    Row("non_neg", NonNeg, (4, 3), _box(0, np.inf), lambda r, s: np.abs(r.normal(size=s)) + 0.1,
+        exact=True),
+    Row("clip", lambda: Clip(-0.5, 0.5), (4, 3), _box(-0.5, 0.5),
+        lambda r, s: r.uniform(-0.4, 0.4, size=s), exact=True),
+    Row("max_norm", lambda: MaxNorm(2.0), (4, 3), _max_norm(2.0, [0]),
+        _feasible_vectors([0], 0.5, 1.5)),
+    Row("max_norm_conv", lambda: MaxNorm(1.0, axis=[0, 1, 2]), (3, 3, 2, 4),
+        _max_norm(1.0, [0, 1, 2]), _feasible_vectors([0, 1, 2], 0.3, 0.7)),
+    Row("min_max_norm", lambda: MinMaxNorm(0.5, 1.5), (4, 3), _min_max_norm(0.5, 1.5, [0]),
+        _feasible_vectors([0], 0.8, 1.2)),
+    Row("min_max_norm_rate", lambda: MinMaxNorm(0.5, 1.5, rate=0.5), (4, 3),
+        _min_max_norm_rate(0.5, 1.5, 0.5, [0]), _feasible_vectors([0], 0.8, 1.2),
+        idempotent=False),
+    Row("unit_norm", UnitNorm, (4, 3), _unit_norm([0]), _signed_one_hot),
+    Row("radial", RadialConstraint, (3, 3, 2, 4), _ring_constant, _ring_constant_kernel),
+    Row("radial_even", RadialConstraint, (4, 4, 1, 2), _ring_constant, _ring_constant_kernel),
+    Row("radial_tf_keras", lambda: RadialConstraint(mode="tf_keras"), (3, 3, 2, 4),
+        _ring_constant, _ring_constant_kernel, exact=True, idempotent=False,
+        keeps_feasible=False),
+    Row("spectral_norm", lambda: SpectralNorm(1.0), (4, 3), _spectral(1.0), _small_spectrum,
+        transform_feasible=_spectral_power_iteration(1.0)),
+    Row("plain_callable", lambda: lambda w: jnp.clip(w, 0, 1), (4, 3), _box(0, 1),
+        lambda r, s: r.uniform(0.1, 0.9, size=s), exact=True),
+    Row("custom_subclass", Symmetric, (3, 3), _symmetric, _symmetric_matrix, exact=True),
+]
+
+IDS = [row.id for row in ROWS]
+param_rows = pytest.mark.parametrize("row", ROWS, ids=IDS)
+
+
+def _eps(dtype):
+    return float(jnp.finfo(dtype).eps)
+
+
+def _random_input(row, seed=0):
+    """A generic, mostly infeasible input: vectors of very different norms."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=row.shape)
+    scales = np.array([3.0, 0.1, 1.0, 2.0, 0.5])[np.arange(row.shape[-1]) % 5]
+    return w * scales
+
+
+def _f64(x):
+    return np.asarray(jnp.asarray(x).astype(jnp.float32), np.float64)
+
+
+def _bits(x):
+    """The raw bits of an array (so that -0.0 vs 0.0 and NaN payloads count)."""
+    x = np.asarray(x)
+    return x.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[x.dtype.itemsize])
+
+
+def _assert_close(a, b, dtype, exact, ulps=4):
+    a, b = _f64(a), _f64(b)
+    if exact:
+        np.testing.assert_array_equal(a, b)
+    else:
+        tol = ulps * _eps(dtype)
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * float(np.max(np.abs(b))))
+
+
+# --- the checks ----------------------------------------------------------------------------------
+
+
+@param_rows
+def test_jit_matches_eager(row):
+    c = row.make()
+    w = jnp.asarray(_random_input(row), jnp.float32)
+    _assert_close(jax.jit(c)(w), c(w), jnp.float32, row.exact)
+
+
+@param_rows
+def test_no_retrace_across_calls(row):
+    c = row.make()
+    traces = []
+
+    @jax.jit
+    def project(w):
+        traces.append(None)
+        return c(w)
+
+    for seed in range(3):
+        project(jnp.asarray(_random_input(row, seed), jnp.float32))
+    assert len(traces) == 1
+
+
+@param_rows
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_shape_dtype_and_feasible(row, dtype):
+    c = row.make()
+    w = jnp.asarray(_random_input(row), dtype)
+    y = c(w)
+    assert y.shape == row.shape
+    assert y.dtype == dtype
+    assert row.feasible(_f64(w), _f64(y), 4 * _eps(dtype))
+    # The input must actually need projecting, or the check above proves nothing.
+    if row.keeps_feasible:
+        assert not np.array_equal(_f64(y), _f64(w))
+
+
+@param_rows
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_idempotent(row, dtype):
+    c = row.make()
+    y = c(jnp.asarray(_random_input(row), dtype))
+    if row.idempotent:
+        _assert_close(c(y), y, dtype, row.exact)
+    else:
+        # Documented as not idempotent: a second application moves the point again.
+        assert not np.array_equal(_f64(c(y)), _f64(y))
+
+
+@param_rows
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_strictly_feasible_input_is_unchanged_bit_for_bit(row, dtype):
+    c = row.make()
+    w = jnp.asarray(row.feasible_input(np.random.default_rng(1), row.shape), dtype)
+    assert row.feasible(_f64(w), _f64(w), 0.0)
+    y = c(w)
+    if row.keeps_feasible:
+        assert y.dtype == w.dtype
+        np.testing.assert_array_equal(_bits(y), _bits(w))
+    else:
+        # tf.keras's radial constraint copies values one ring off: it moves feasible kernels.
+        assert not np.array_equal(_f64(y), _f64(w))
+        assert row.feasible(_f64(w), _f64(y), 0.0)
+
+
+@param_rows
+def test_finite_value_and_grad_at_zero(row):
+    c = row.make()
+    zero = jnp.zeros(row.shape, jnp.float32)
+    weights = jnp.asarray(np.random.default_rng(2).normal(size=row.shape), jnp.float32)
+    value, grad = jax.jit(jax.value_and_grad(lambda w: jnp.sum(c(w) * weights)))(zero)
+    np.testing.assert_array_equal(np.asarray(c(zero)), np.zeros(row.shape, np.float32))
+    assert np.isfinite(float(value))
+    assert grad.shape == row.shape
+    assert np.all(np.isfinite(np.asarray(grad)))
+
+
+def _wrap_chain(inner, params):
+    return inner
+
+
+def _wrap_masked(inner, params):
+    return optax.masked(inner, jaxcons.mask(params, "kernel"))
+
+
+def _wrap_multi_steps(inner, params):
+    return optax.MultiSteps(inner, every_k_schedule=2)
+
+
+WRAPPERS = {"chain": _wrap_chain, "masked": _wrap_masked, "multi_steps": _wrap_multi_steps}
+
+
+@param_rows
+@pytest.mark.parametrize("wrapper", list(WRAPPERS))
+def test_inside_constrain(row, wrapper):
+    c = row.make()
+    lr = 0.1
+    micro = 2 if wrapper == "multi_steps" else 1
+    rng = np.random.default_rng(3)
+    params = {
+        "kernel": jnp.asarray(row.feasible_input(rng, row.shape), jnp.float32),
+        "other": jnp.ones(3, jnp.float32),
+    }
+    inner = optax.chain(optax.sgd(lr), jaxcons.constrain({"kernel": c}))
+    tx = WRAPPERS[wrapper](inner, params)
+    traces = []
+
+    @jax.jit
+    def step(params, state, grads):
+        traces.append(None)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    # MultiSteps mixes its int32 step counter with floats inside optax.
+    promotion = "standard" if wrapper == "multi_steps" else "strict"
+    with jax.numpy_dtype_promotion(promotion):
+        state = tx.init(params)
+        for k in range(1, 3):
+            g = rng.normal(size=row.shape) * 10
+            grads = {"kernel": jnp.asarray(g, jnp.float32), "other": jnp.ones(3, jnp.float32)}
+            x = _f64(params["kernel"]) - lr * _f64(grads["kernel"])
+            for _ in range(micro):
+                new, state = step(params, state, grads)
+            feasible = row.transform_feasible or row.feasible
+            assert feasible(x, _f64(new["kernel"]), 4 * _eps(jnp.float32))
+            assert new["kernel"].dtype == jnp.float32
+            assert np.all(np.isfinite(np.asarray(new["kernel"])))
+            # The unconstrained leaf follows plain SGD; outside the mask, optax.masked passes
+            # the raw gradient (+1 a step) through.
+            expected_other = 1.0 + k if wrapper == "masked" else 1.0 - lr * k
+            np.testing.assert_allclose(np.asarray(new["other"]), expected_other, rtol=1e-6)
+            params = new
+    assert len(traces) == 1

@@ -11,16 +11,14 @@ import optax
 
 from jaxcons import regularizers
 from jaxcons._regularizer_ops import accumulation_dtype, add_penalties
-from jaxcons._rules import Rules, RulesLike, is_floating
+from jaxcons._rules import Rules, RulesLike, build_rules, is_floating
 
 __all__ = ["activity_penalty", "as_regularizer_rules", "leaf_penalty", "penalties", "penalty"]
 
 
-def as_regularizer_rules(rules: RulesLike | Rules, *, strict: bool = True) -> Rules:
+def as_regularizer_rules(rules: RulesLike | Rules, *, strict: bool | None = None) -> Rules:
     """Builds `Rules` whose values are regularizers (names and configs are looked up)."""
-    if isinstance(rules, Rules):
-        return Rules(rules, strict=strict, kind="regularizer")
-    return Rules(rules, coerce=regularizers.get, strict=strict, kind="regularizer")
+    return build_rules(rules, coerce=regularizers.get, strict=strict, kind="regularizer")
 
 
 def leaf_penalty(regularizer: Any, x: jax.Array, path: str | None) -> jax.Array:
@@ -50,7 +48,7 @@ def _governed(
 
 
 def penalties(
-    params: optax.Params, rules: RulesLike | Rules, *, strict: bool = True
+    params: optax.Params, rules: RulesLike | Rules, *, strict: bool | None = None
 ) -> dict[str, jax.Array]:
     """The penalty of every parameter a rule governs, by path: for logging.
 
@@ -61,7 +59,8 @@ def penalties(
       rules: ``{pattern: regularizer}`` or ``[(pattern, regularizer), ...]``; first match
         wins, ``None`` exempts. Regularizers may be `Regularizer` objects, plain callables
         ``x -> scalar``, names or config dicts.
-      strict: raise if a rule matches no floating-point parameter (default).
+      strict: raise if a rule matches no floating-point parameter. ``None`` (default):
+        ``True``, or the setting of a `Rules` object passed as ``rules``.
 
     Returns:
       ``{path: scalar}`` in the tree's flattening order, each scalar in at least float32.
@@ -80,7 +79,7 @@ def penalties(
 
 
 def penalty(
-    params: optax.Params, rules: RulesLike | Rules, *, strict: bool = True
+    params: optax.Params, rules: RulesLike | Rules, *, strict: bool | None = None
 ) -> jax.Array:
     """The total penalty of a parameter tree: add it to the loss.
 
@@ -94,7 +93,8 @@ def penalty(
       params: the parameter pytree.
       rules: ``{pattern: regularizer}`` or ``[(pattern, regularizer), ...]``; first match
         wins, ``None`` exempts.
-      strict: raise if a rule matches no floating-point parameter (default).
+      strict: raise if a rule matches no floating-point parameter. ``None`` (default):
+        ``True``, or the setting of a `Rules` object passed as ``rules``.
 
     Returns:
       A scalar in at least float32 (0.0 when no parameter is governed).

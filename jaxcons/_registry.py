@@ -45,7 +45,9 @@ class Registry:
             )
         name = cls.__name__ if name is None else name
         if not isinstance(name, str) or not name:
-            raise ValueError(f"A registered {self.kind} name must be a non-empty str, got {name!r}.")
+            raise ValueError(
+                f"A registered {self.kind} name must be a non-empty str, got {name!r}."
+            )
         existing = self._classes.get(name)
         if existing is not None and existing is not cls:
             raise ValueError(
@@ -80,7 +82,7 @@ class Registry:
         )
 
     def get(self, identifier: Any) -> Any:
-        """Turns an identifier into an object: None, a name, a config dict, an object or a callable."""
+        """Turns None, a name, a config dict, an object or a callable into an object."""
         if identifier is None:
             return None
         if isinstance(identifier, str):
@@ -143,5 +145,7 @@ class Registry:
             raise self._unknown(name)
         kwargs = config.get("config") or {}
         if not isinstance(kwargs, dict):
-            raise ValueError(f"The 'config' of a serialized {self.kind} must be a dict, got {kwargs!r}.")
+            raise ValueError(
+                f"The 'config' of a serialized {self.kind} must be a dict, got {kwargs!r}."
+            )
         return cls.from_config(dict(kwargs))

@@ -39,7 +39,9 @@ def _needs_params(name: str) -> ValueError:
     )
 
 
-def regularize(rules: RulesLike | Rules, *, strict: bool = True) -> optax.GradientTransformation:
+def regularize(
+    rules: RulesLike | Rules, *, strict: bool | None = None
+) -> optax.GradientTransformation:
     """Adds the gradient of the penalty to the incoming gradients (Keras's coupled semantics).
 
     Place it first in `optax.chain`, before the optimizer: ``update(grads, state, params)``
@@ -58,7 +60,8 @@ def regularize(rules: RulesLike | Rules, *, strict: bool = True) -> optax.Gradie
       rules: ``{pattern: regularizer}`` or ``[(pattern, regularizer), ...]``; first match wins,
         ``None`` exempts. Regularizers may be `Regularizer` objects, plain callables
         ``x -> scalar``, names or config dicts.
-      strict: raise if a rule matches no floating-point parameter (default).
+      strict: raise if a rule matches no floating-point parameter. ``None`` (default):
+        ``True``, or the setting of a `Rules` object passed as ``rules``.
 
     Returns:
       An `optax.GradientTransformation` whose state is `optax.EmptyState`.
@@ -125,7 +128,7 @@ def proximal(
     rules: RulesLike | Rules,
     learning_rate: float | Callable[[jax.Array], jax.typing.ArrayLike],
     *,
-    strict: bool = True,
+    strict: bool | None = None,
 ) -> optax.GradientTransformation:
     """Applies each regularizer's proximal operator after the optimizer's step.
 
@@ -165,7 +168,8 @@ def proximal(
         ``None`` exempts. Every governed regularizer needs a ``prox`` method.
       learning_rate: the step size ``eta`` (a finite float > 0) or an optax schedule
         ``count -> eta``.
-      strict: raise if a rule matches no floating-point parameter (default).
+      strict: raise if a rule matches no floating-point parameter. ``None`` (default):
+        ``True``, or the setting of a `Rules` object passed as ``rules``.
 
     Returns:
       An `optax.GradientTransformation` whose state is a `ProximalState`.

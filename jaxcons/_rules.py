@@ -15,7 +15,7 @@ import optax
 from jaxcons._paths import flatten_with_paths
 from jaxcons._patterns import compile_pattern
 
-__all__ = ["Rule", "Rules", "Resolution", "is_floating", "mask"]
+__all__ = ["Resolution", "Rule", "Rules", "build_rules", "is_floating", "mask"]
 
 RulesLike = Mapping[Any, Any] | Sequence[tuple[Any, Any]]
 
@@ -196,6 +196,26 @@ class Rules:
                         _unmatched_message(self.kind, rule, all_paths, matched_other[j])
                     )
         return Resolution(tuple(p for p, _ in flat), tuple(rule_index), tuple(values))
+
+
+def build_rules(
+    rules: RulesLike | Rules,
+    *,
+    coerce: Callable[[Any], Any],
+    strict: bool | None,
+    kind: str,
+) -> Rules:
+    """Returns ``rules`` as `Rules` of ``kind`` whose values went through ``coerce``.
+
+    ``strict=None`` means ``True`` for a mapping or sequence, and the object's own setting for a
+    `Rules`. A `Rules` object already of ``kind`` with that strictness is returned as is, so its
+    resolution cache carries over between calls.
+    """
+    if isinstance(rules, Rules):
+        strict = rules.strict if strict is None else strict
+        if rules.kind == kind and rules.strict == strict:
+            return rules
+    return Rules(rules, coerce=coerce, strict=True if strict is None else strict, kind=kind)
 
 
 def _as_pairs(rules: Any, kind: str) -> list[tuple[Any, Any]]:

@@ -19,6 +19,8 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
 
 __all__ = [
     "accumulation_dtype",
@@ -81,6 +83,13 @@ def _safe_norm(x: jax.Array, axes: Axes) -> jax.Array:
     return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
 
 
+def _gram_sharding(x: jax.Array) -> P | None:
+    """``P()`` for an array on an ``Explicit`` mesh (where a contraction of sharded operands
+    must name its output sharding), ``None`` (the compiler decides) otherwise."""
+    mesh = jax.typeof(x).sharding.mesh
+    return P() if AxisType.Explicit in getattr(mesh, "axis_types", ()) else None
+
+
 def orthogonal_penalty(x: jax.Array, factor: float, mode: Literal["rows", "columns"]) -> jax.Array:
     """``factor`` times the mean of ``|cos|`` over all pairs ``i < j`` of rows (or columns).
 
@@ -99,7 +108,11 @@ def orthogonal_penalty(x: jax.Array, factor: float, mode: Literal["rows", "colum
     sq = jnp.sum(v * v, axis=1, keepdims=True)
     nonzero = sq > 0
     unit = jnp.where(nonzero, v * jax.lax.rsqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
-    gram = jnp.matmul(unit, unit.T, precision=jax.lax.Precision.HIGHEST)
+    # Every pair of rows meets here: a kernel sharded along the rows is gathered (on an
+    # Explicit mesh the contraction must be told so: the Gram matrix is replicated).
+    gram = jnp.matmul(
+        unit, unit.T, precision=jax.lax.Precision.HIGHEST, out_sharding=_gram_sharding(unit)
+    )
     upper = jnp.triu(jnp.ones((n, n), dtype=bool), k=1)
     total = jnp.sum(jnp.where(upper, jnp.abs(gram), 0.0))
     return factor * total / (n * (n - 1) / 2)

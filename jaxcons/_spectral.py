@@ -8,6 +8,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxcons._constraint import StatefulConstraint
 
@@ -20,11 +22,6 @@ __all__ = [
     "power_iteration",
     "spectral_norm",
 ]
-
-# Matrix-vector products in the power iteration run at full f32 precision: the default on
-# GPU/TPU (TF32 / bf16 passes) would make the estimate of sigma only ~3 digits accurate.
-_HIGHEST = jax.lax.Precision.HIGHEST
-
 
 class SpectralNormState(NamedTuple):
     """State of `SpectralNorm` for one kernel, carried in `jaxcons.ConstrainState`.
@@ -53,6 +50,10 @@ def as_matrix(w: jax.Array) -> jax.Array:
     on the kernel size, as in Miyato et al. (2018).
     """
     rows = math.prod(w.shape[:-1])
+    if isinstance(w, jax.core.Tracer) and _known_sharding(w) is not None:
+        # On an Explicit mesh a reshape across sharded axes must be told its output sharding:
+        # the exact norm needs the whole matrix on every device anyway.
+        w = jax.sharding.reshard(w, P())
     return w.reshape(rows, w.shape[-1]).astype(_compute_dtype(w.dtype))
 
 
@@ -80,36 +81,84 @@ def initial_vector(n: int, dtype: Any = jnp.float32) -> jax.Array:
     return _normalize(x, jnp.zeros((n,), dtype))[0]
 
 
-def power_iteration(
-    matrix: jax.Array, u: jax.Array, n_iterations: int
-) -> tuple[jax.Array, jax.Array]:
-    """Estimates the largest singular value of ``matrix`` by power iteration from ``u``.
+def _matvec(kernel: jax.Array, u: jax.Array) -> jax.Array:
+    """``W u`` for the kernel viewed as a ``(rows, out)`` matrix, shaped ``kernel.shape[:-1]``.
 
-    Each iteration is ``v = W u / ||W u||``, ``u = W^T v / ||W^T v||``, and the estimate is
-    ``sigma = ||W^T v|| = v^T W u``, a lower bound on the largest singular value that
-    converges to it at the rate ``(sigma_2 / sigma_1)^2`` per iteration (Miyato et al.,
-    2018). As there, the vectors are treated as constants under differentiation, so the
-    gradient of ``sigma`` is ``v u^T``. A zero matrix gives ``sigma = 0`` and keeps ``u``.
+    A broadcast product and a reduction over the last axis, on the kernel's own shape: no
+    reshape and no ``dot_general``, so a kernel sharded along any axis is reduced where it
+    lives (a sharded reduction is an all-reduce of the small result) instead of being
+    gathered, and the sums are exact f32 on every backend (no TF32 matmul passes).
+    """
+    return jnp.sum(kernel * u.reshape((1,) * (kernel.ndim - 1) + u.shape), axis=-1)
+
+
+def _rmatvec(kernel: jax.Array, v: jax.Array) -> jax.Array:
+    """``W^T v`` for ``v`` shaped ``kernel.shape[:-1]``: a vector of shape ``(out,)``."""
+    return jnp.sum(kernel * v[..., None], axis=tuple(range(kernel.ndim - 1)))
+
+
+def power_iteration(
+    kernel: jax.Array, u: jax.Array, n_iterations: int
+) -> tuple[jax.Array, jax.Array]:
+    """Estimates the largest singular value of a kernel by power iteration from ``u``.
+
+    The kernel ``W`` (rank >= 2) is viewed as the ``(prod(shape[:-1]), shape[-1])`` matrix
+    without being reshaped. Each iteration is ``v = W u / ||W u||``,
+    ``u = W^T v / ||W^T v||``, and the estimate is ``sigma = ||W^T v|| = v^T W u``, a lower
+    bound on the largest singular value that converges to it at the rate
+    ``(sigma_2 / sigma_1)^2`` per iteration (Miyato et al., 2018). As there, the vectors are
+    treated as constants under differentiation, so the gradient of ``sigma`` is ``v u^T``.
+    A zero kernel gives ``sigma = 0`` and keeps ``u``.
 
     Args:
-      matrix: the ``(rows, out)`` matrix ``W``.
-      u: the start vector, shape ``(out,)``, of ``matrix``'s dtype (unit norm).
+      kernel: the kernel ``W``, in its compute dtype.
+      u: the start vector, shape ``(out,)``, of ``kernel``'s dtype (unit norm).
       n_iterations: the number of iterations (a positive Python int).
 
     Returns:
       ``(sigma, u)``: the estimate and the updated unit vector.
     """
-    frozen = jax.lax.stop_gradient(matrix)
-    no_v = jnp.zeros(matrix.shape[:1], matrix.dtype)
+    frozen = jax.lax.stop_gradient(kernel)
+
+    def left(u: jax.Array) -> jax.Array:
+        wu = _matvec(frozen, u)
+        return _normalize(wu, jnp.zeros_like(wu))[0]  # Zeros sharded like W u.
 
     def iterate(_: Any, u: jax.Array) -> jax.Array:
-        v = _normalize(jnp.matmul(frozen, u, precision=_HIGHEST), no_v)[0]
-        return _normalize(jnp.matmul(v, frozen, precision=_HIGHEST), u)[0]
+        return _normalize(_rmatvec(frozen, left(u)), u)[0]
 
     u = jax.lax.fori_loop(0, n_iterations - 1, iterate, jax.lax.stop_gradient(u))
-    v = _normalize(jnp.matmul(frozen, u, precision=_HIGHEST), no_v)[0]
-    new_u, sigma = _normalize(jnp.matmul(v, matrix, precision=_HIGHEST), u)
+    v = left(u)
+    new_u, sigma = _normalize(_rmatvec(kernel, v), u)
     return sigma, jax.lax.stop_gradient(new_u)
+
+
+def _known_sharding(w: jax.Array) -> NamedSharding | None:
+    """``w``'s ``NamedSharding`` where it is known at trace time: a concrete array's, or a
+    traced array's on an ``Explicit`` mesh (its mesh is then abstract); else ``None``."""
+    if isinstance(w, jax.core.Tracer):
+        sharding = jax.typeof(w).sharding
+        explicit = AxisType.Explicit in getattr(sharding.mesh, "axis_types", ())
+        return sharding if explicit else None
+    sharding = getattr(w, "sharding", None)
+    return sharding if isinstance(sharding, NamedSharding) else None
+
+
+def _like_last_axis(u: jax.Array, w: jax.Array) -> jax.Array:
+    """Shards ``u`` (shape ``(out,)``) like ``w``'s last axis, where that is known.
+
+    `power_iteration` returns ``u`` sharded that way, so starting from the same sharding keeps
+    the optimizer state's sharding fixed across steps: no resharding, no recompilation, and
+    donated buffers are reused.
+    """
+    sharding = _known_sharding(w)
+    if sharding is None:
+        return u
+    spec = sharding.spec
+    last = P(spec[w.ndim - 1] if len(spec) >= w.ndim else None)
+    if isinstance(w, jax.core.Tracer):
+        return jax.sharding.reshard(u, last)
+    return jax.device_put(u, NamedSharding(sharding.mesh, last))
 
 
 def spectral_norm(matrix: jax.Array) -> jax.Array:
@@ -224,18 +273,23 @@ class SpectralNorm(StatefulConstraint):
     def init(self, w: jax.Array) -> SpectralNormState:
         """Returns the deterministic start: a fixed unit vector of shape ``(out,)``.
 
-        It depends only on ``w``'s shape and dtype, so restarts are reproducible.
+        It depends only on ``w``'s shape and dtype, so restarts are reproducible. Where
+        ``w``'s sharding is known (a concrete array, or a traced one on an ``Explicit`` mesh),
+        the vector is sharded like ``w``'s last axis, as `project` returns it.
         """
         w = jnp.asarray(w)
         self.check(w.shape, "")
-        return SpectralNormState(u=initial_vector(w.shape[-1], _compute_dtype(w.dtype)))
+        u = initial_vector(w.shape[-1], _compute_dtype(w.dtype))
+        return SpectralNormState(u=_like_last_axis(u, w))
 
     def project(
         self, w: jax.Array, state: SpectralNormState
     ) -> tuple[jax.Array, SpectralNormState]:
         """Projects ``w`` with ``sigma`` estimated by power iteration from ``state.u``."""
         w = jnp.asarray(w)
-        sigma, u = power_iteration(self._matrix(w), state.u, self.n_power_iterations)
+        self.check(tuple(w.shape), "")
+        kernel = w.astype(_compute_dtype(w.dtype))
+        sigma, u = power_iteration(kernel, state.u, self.n_power_iterations)
         return clip_spectral_norm(w, sigma, self.max_value), SpectralNormState(u=u)
 
     def get_config(self) -> dict[str, Any]:

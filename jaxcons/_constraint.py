@@ -7,16 +7,12 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import jax
-import numpy as np
 import optax
 
+from jaxcons._configurable import Configurable, is_single_floating_array
 from jaxcons._rules import is_floating
 
 __all__ = ["Constraint", "StatefulConstraint", "leafwise"]
-
-
-def _is_single_array(x: Any) -> bool:
-    return isinstance(x, (jax.Array, np.ndarray, np.generic, float, int))
 
 
 def leafwise(fn: Callable[[Any, jax.Array], jax.Array]) -> Callable[[Any, Any], Any]:
@@ -31,12 +27,7 @@ def leafwise(fn: Callable[[Any, jax.Array], jax.Array]) -> Callable[[Any, Any], 
 
     @functools.wraps(fn)
     def wrapper(self: Any, w: Any) -> Any:
-        if _is_single_array(w):
-            if not is_floating(w):
-                raise TypeError(
-                    f"{type(self).__name__} acts on floating-point arrays; got an array of "
-                    f"dtype {getattr(w, 'dtype', type(w).__name__)}."
-                )
+        if is_single_floating_array(self, w):
             return fn(self, w)
         return jax.tree_util.tree_map(
             lambda x: fn(self, x) if is_floating(x) else x,
@@ -48,7 +39,7 @@ def leafwise(fn: Callable[[Any, jax.Array], jax.Array]) -> Callable[[Any, Any], 
     return wrapper
 
 
-class Constraint:
+class Constraint(Configurable):
     """Base class for weight constraints: pure projections ``w -> w``.
 
     A subclass overrides ``__call__(self, w)`` for one array ``w`` and returns an array of the
@@ -89,31 +80,6 @@ class Constraint:
     @leafwise
     def __call__(self, w: jax.Array) -> jax.Array:
         return w
-
-    def check(self, shape: tuple[int, ...], path: str) -> None:
-        """Raises ``ValueError`` if this constraint cannot act on a leaf of ``shape``."""
-        del shape, path
-
-    def get_config(self) -> dict[str, Any]:
-        """Returns the constructor arguments, so that ``cls(**config)`` rebuilds the object."""
-        return {}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Constraint:
-        """Rebuilds a constraint from the output of `get_config`."""
-        return cls(**config)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other: object) -> bool:
-        if type(self) is not type(other):
-            return NotImplemented
-        return self.get_config() == other.get_config()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash((type(self), repr(self)))
 
 
 class StatefulConstraint(Constraint):

@@ -8,17 +8,13 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from jaxcons._configurable import Configurable, is_single_floating_array
 from jaxcons._regularizer_ops import accumulation_dtype, add_penalties
 from jaxcons._rules import is_floating
 
 __all__ = ["Regularizer", "summed_over_leaves"]
-
-
-def _is_single_array(x: Any) -> bool:
-    return isinstance(x, (jax.Array, np.ndarray, np.generic, float, int))
 
 
 def summed_over_leaves(fn: Callable[[Any, jax.Array], jax.Array]) -> Callable[[Any, Any], Any]:
@@ -33,12 +29,7 @@ def summed_over_leaves(fn: Callable[[Any, jax.Array], jax.Array]) -> Callable[[A
 
     @functools.wraps(fn)
     def wrapper(self: Any, x: Any) -> Any:
-        if _is_single_array(x):
-            if not is_floating(x):
-                raise TypeError(
-                    f"{type(self).__name__} acts on floating-point arrays; got an array of "
-                    f"dtype {getattr(x, 'dtype', type(x).__name__)}."
-                )
+        if is_single_floating_array(self, x):
             return fn(self, jnp.asarray(x))
         leaves = jax.tree_util.tree_leaves(x, is_leaf=lambda v: isinstance(v, optax.MaskedNode))
         return add_penalties([fn(self, jnp.asarray(v)) for v in leaves if is_floating(v)])
@@ -47,7 +38,7 @@ def summed_over_leaves(fn: Callable[[Any, jax.Array], jax.Array]) -> Callable[[A
     return wrapper
 
 
-class Regularizer:
+class Regularizer(Configurable):
     """Base class for regularizers: penalties ``x -> scalar`` added to the training loss.
 
     A subclass overrides ``__call__(self, x)`` for one floating-point array ``x`` and returns a
@@ -92,27 +83,3 @@ class Regularizer:
     def __call__(self, x: jax.Array) -> jax.Array:
         return jnp.zeros((), accumulation_dtype(x.dtype))
 
-    def check(self, shape: tuple[int, ...], path: str) -> None:
-        """Raises ``ValueError`` if this regularizer cannot act on a leaf of ``shape``."""
-        del shape, path
-
-    def get_config(self) -> dict[str, Any]:
-        """Returns the constructor arguments, so that ``cls(**config)`` rebuilds the object."""
-        return {}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Regularizer:
-        """Rebuilds a regularizer from the output of `get_config`."""
-        return cls(**config)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other: object) -> bool:
-        if type(self) is not type(other):
-            return NotImplemented
-        return self.get_config() == other.get_config()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash((type(self), repr(self)))

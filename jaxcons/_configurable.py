@@ -1,0 +1,62 @@
+"""What constraints and regularizers share: a config round trip, repr, equality, leaf checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxcons._rules import is_floating
+
+__all__ = ["Configurable", "is_single_floating_array"]
+
+
+def is_single_floating_array(owner: Any, x: Any) -> bool:
+    """Whether ``x`` is one array (rather than a pytree of them) that ``owner`` can act on.
+
+    Raises:
+      TypeError: naming ``owner``'s class and the dtype, for a single non-floating array.
+    """
+    if not isinstance(x, (jax.Array, np.ndarray, np.generic, float, int)):
+        return False
+    if not is_floating(x):
+        raise TypeError(
+            f"{type(owner).__name__} acts on floating-point arrays; got an array of "
+            f"dtype {getattr(x, 'dtype', type(x).__name__)}."
+        )
+    return True
+
+
+class Configurable:
+    """Objects rebuilt from their constructor arguments: ``cls(**obj.get_config())``.
+
+    Subclasses that take arguments override `get_config`; `from_config`, ``repr``, ``==`` and
+    ``hash`` follow from it. The optional `check` hook lets the rule engine reject a parameter
+    shape (with its path) once per trace.
+    """
+
+    def check(self, shape: tuple[int, ...], path: str) -> None:
+        """Raises ``ValueError`` if this object cannot act on a leaf of ``shape`` at ``path``."""
+        del shape, path
+
+    def get_config(self) -> dict[str, Any]:
+        """Returns the constructor arguments, so that ``cls(**config)`` rebuilds the object."""
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Any:
+        """Rebuilds the object from the output of `get_config`."""
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(self) is not type(other):
+            return NotImplemented
+        return self.get_config() == other.get_config()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), repr(self)))

@@ -1,5 +1,5 @@
 # jaxcons developer commands. `make test` and `make demo` work from a fresh clone with only
-# Python (>= 3.10) and pip: they build .venv from the project's own files first.
+# Python (>= 3.11) and pip: they build .venv from the project's own files first.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,6 +9,7 @@ PYTEST_WORKERS ?= 2
 .PHONY: install test lint demo bench notebooks clean
 
 $(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(None if sys.version_info >= (3, 11) else "jaxcons needs Python >= 3.11 (jax 0.10 does); got " + sys.version.split()[0] + ": run make PYTHON=python3.11 ...")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,demo,notebooks]'

@@ -28,6 +28,19 @@ def is_single_floating_array(owner: Any, x: Any) -> bool:
     return True
 
 
+def _frozen(value: Any) -> Any:
+    """A hashable stand-in for a config value (``2 == 2.0`` and ``[0, 1] == (0, 1)`` still)."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value
+
+
 class Configurable:
     """Objects rebuilt from their constructor arguments: ``cls(**obj.get_config())``.
 
@@ -53,10 +66,21 @@ class Configurable:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
 
+    def _identity(self) -> Any:
+        """What equality and hashing compare: the config, or the object itself.
+
+        A subclass that keeps state but does not override `get_config` would otherwise compare
+        equal to every other instance of its class, and `jax.jit`, which caches on static
+        values such as the constraints in flax boxes, would reuse the wrong one.
+        """
+        if type(self).get_config is Configurable.get_config and vars(self):
+            return id(self)
+        return _frozen(self.get_config())
+
     def __eq__(self, other: object) -> bool:
         if type(self) is not type(other):
             return NotImplemented
-        return self.get_config() == other.get_config()  # type: ignore[attr-defined]
+        return self._identity() == other._identity()  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
-        return hash((type(self), repr(self)))
+        return hash((type(self), self._identity()))

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import jax
-import optax
 
 from jaxcons._configurable import Configurable, is_single_floating_array
+from jaxcons._paths import is_masked
 from jaxcons._rules import is_floating
 
 __all__ = ["Constraint", "StatefulConstraint", "leafwise"]
@@ -32,7 +32,7 @@ def leafwise(fn: Callable[[Any, jax.Array], jax.Array]) -> Callable[[Any, Any], 
         return jax.tree_util.tree_map(
             lambda x: fn(self, x) if is_floating(x) else x,
             w,
-            is_leaf=lambda x: isinstance(x, optax.MaskedNode),
+            is_leaf=is_masked,
         )
 
     wrapper._jaxcons_leafwise = True  # type: ignore[attr-defined]

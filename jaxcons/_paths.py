@@ -8,16 +8,20 @@ from typing import Any
 import jax
 import optax
 
-__all__ = ["key_name", "path_str", "paths", "flatten_with_paths"]
+__all__ = ["flatten_with_paths", "is_masked", "key_name", "path_str", "paths"]
 
 # Attribute names that flax uses for the payload of a metadata box (linen `nn.Partitioned`,
-# `nn.LogicallyPartitioned`, jaxcons' own boxes) or of an nnx `Variable`. Trailing keys with
-# these names are dropped so the path names the parameter, not its container.
+# `nn.LogicallyPartitioned`, jaxcons' own boxes) or of an nnx `Variable`: trailing attribute
+# keys with these names are dropped so the path names the parameter, not its container.
 _PAYLOAD_KEYS = ("value", "raw_value")
 
 
-def _is_leaf(x: Any) -> bool:
-    # `optax.MaskedNode` is an empty pytree; keep it as a leaf so masked trees keep their paths.
+def is_masked(x: Any) -> bool:
+    """Whether ``x`` is an `optax.MaskedNode`: used as ``is_leaf`` wherever jaxcons flattens.
+
+    A ``MaskedNode`` is an empty pytree; kept as a leaf, masked trees keep their paths and
+    their leaves line up with the unmasked tree's.
+    """
     return isinstance(x, optax.MaskedNode)
 
 
@@ -37,10 +41,11 @@ def key_name(key: Any) -> str:
 def path_str(keypath: Sequence[Any]) -> str:
     """Joins a `jax.tree_util` key path into a `/`-separated string.
 
-    Dict keys, attribute names and sequence indices each give one segment; trailing
-    ``value`` segments (the payload of a flax metadata box, nested boxes, or an nnx ``Variable``)
-    are dropped,
-    so linen (``params/Dense_0/kernel``), nnx (``layers/0/kernel``) and plain pytrees read alike.
+    Dict keys, attribute names and sequence indices each give one segment. Trailing attribute
+    keys ``value`` / ``raw_value`` (the payload of a flax metadata box, of nested boxes, or of an
+    nnx ``Variable``) are dropped, so linen (``params/Dense_0/kernel``), nnx
+    (``layers/0/kernel``) and plain pytrees read alike; a dict key named ``value`` (a linen
+    parameter or module of that name) is kept.
 
     Args:
       keypath: a key path, as produced by `jax.tree_util.tree_flatten_with_path`.
@@ -54,10 +59,14 @@ def path_str(keypath: Sequence[Any]) -> str:
       >>> jaxcons.path_str(kp)
       'dense/0'
     """
-    names = [key_name(k) for k in keypath]
-    while len(names) > 1 and names[-1] in _PAYLOAD_KEYS:
-        names.pop()
-    return "/".join(names)
+    keys = list(keypath)
+    while (
+        len(keys) > 1
+        and isinstance(keys[-1], jax.tree_util.GetAttrKey)
+        and keys[-1].name in _PAYLOAD_KEYS
+    ):
+        keys.pop()
+    return "/".join(key_name(k) for k in keys)
 
 
 def flatten_with_paths(tree: Any) -> tuple[list[tuple[str, Any]], Any]:
@@ -65,7 +74,7 @@ def flatten_with_paths(tree: Any) -> tuple[list[tuple[str, Any]], Any]:
 
     `optax.MaskedNode` entries are kept as leaves (they pass through every transform).
     """
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_leaf)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_masked)
     return [(path_str(kp), leaf) for kp, leaf in leaves], treedef
 
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxcons import regularizers
+from jaxcons._paths import is_masked
 from jaxcons._regularizer_ops import accumulation_dtype, add_penalties
 from jaxcons._rules import Rules, RulesLike, build_rules, is_floating
 
@@ -42,7 +43,7 @@ def _governed(
     params: optax.Params, rules: RulesLike | Rules, strict: bool
 ) -> Iterator[tuple[str, jax.Array, Any]]:
     resolution = as_regularizer_rules(rules, strict=strict).resolve(params)
-    leaves = jax.tree_util.tree_leaves(params, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+    leaves = jax.tree_util.tree_leaves(params, is_leaf=is_masked)
     for i, path, r in resolution.active():
         yield path, leaves[i], r
 
@@ -149,7 +150,7 @@ def activity_penalty(regularizer: Any, outputs: Any) -> jax.Array:
     reg = regularizers.get(regularizer)
     if reg is None:
         return jnp.zeros((), jnp.float32)
-    leaves = jax.tree_util.tree_leaves(outputs, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+    leaves = jax.tree_util.tree_leaves(outputs, is_leaf=is_masked)
     terms = []
     for y in leaves:
         if not is_floating(y):

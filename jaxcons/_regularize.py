@@ -9,9 +9,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxcons._paths import is_masked
 from jaxcons._penalties import as_regularizer_rules, leaf_penalty
 from jaxcons._regularizers import check_factor
 from jaxcons._rules import Resolution, Rules, RulesLike
+from jaxcons._transforms import update_delta
 
 __all__ = ["ProximalState", "proximal", "regularize"]
 
@@ -27,9 +29,6 @@ class ProximalState(NamedTuple):
 
     count: jax.Array
 
-
-def _is_masked(x: Any) -> bool:
-    return isinstance(x, optax.MaskedNode)
 
 
 def _needs_params(name: str) -> ValueError:
@@ -91,12 +90,13 @@ def regularize(
         if params is None:
             raise _needs_params("regularize")
         resolution = resolved_rules.resolve(params)
-        p_leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=_is_masked)
+        p_leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=is_masked)
         u_leaves = treedef.flatten_up_to(updates)
         out = list(u_leaves)
         for i, path, r in resolution.active():
-            g = jax.grad(lambda x, r=r, path=path: leaf_penalty(r, x, path))(p_leaves[i])
-            out[i] = u_leaves[i] + g.astype(u_leaves[i].dtype)
+            p, u = jnp.asarray(p_leaves[i]), jnp.asarray(u_leaves[i])
+            g = jax.grad(lambda x, r=r, path=path: leaf_penalty(r, x, path))(p)
+            out[i] = u + g.astype(u.dtype)
         return jax.tree_util.tree_unflatten(treedef, out), state
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -203,13 +203,13 @@ def proximal(
         resolution = resolved_rules.resolve(params)
         _check_has_prox(resolution)
         step = learning_rate(state.count) if callable(learning_rate) else learning_rate
-        p_leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=_is_masked)
+        p_leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=is_masked)
         u_leaves = treedef.flatten_up_to(updates)
         out = list(u_leaves)
         for i, _, r in resolution.active():
-            p, u = p_leaves[i], u_leaves[i]
+            p, u = jnp.asarray(p_leaves[i]), jnp.asarray(u_leaves[i])
             y = r.prox((p + u).astype(p.dtype), step)
-            out[i] = (y - p).astype(u.dtype)
+            out[i] = update_delta(p, y, u.dtype)
         new_state = ProximalState(count=optax.safe_increment(state.count))
         return jax.tree_util.tree_unflatten(treedef, out), new_state
 

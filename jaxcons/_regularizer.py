@@ -8,9 +8,9 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from jaxcons._configurable import Configurable, is_single_floating_array
+from jaxcons._paths import is_masked
 from jaxcons._regularizer_ops import accumulation_dtype, add_penalties
 from jaxcons._rules import is_floating
 
@@ -31,7 +31,7 @@ def summed_over_leaves(fn: Callable[[Any, jax.Array], jax.Array]) -> Callable[[A
     def wrapper(self: Any, x: Any) -> Any:
         if is_single_floating_array(self, x):
             return fn(self, jnp.asarray(x))
-        leaves = jax.tree_util.tree_leaves(x, is_leaf=lambda v: isinstance(v, optax.MaskedNode))
+        leaves = jax.tree_util.tree_leaves(x, is_leaf=is_masked)
         return add_penalties([fn(self, jnp.asarray(v)) for v in leaves if is_floating(v)])
 
     wrapper._jaxcons_leafwise = True  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcons._paths import flatten_with_paths
+from jaxcons._paths import flatten_with_paths, is_masked
 from jaxcons._patterns import compile_pattern
 
 __all__ = ["Resolution", "Rule", "Rules", "build_rules", "is_floating", "mask"]
@@ -33,9 +33,6 @@ def is_floating(leaf: Any) -> bool:
         dtype = jnp.result_type(leaf)
     return bool(jnp.issubdtype(dtype, jnp.floating))
 
-
-def _is_masked(x: Any) -> bool:
-    return isinstance(x, optax.MaskedNode)
 
 
 def _describe_leaf(leaf: Any) -> str:
@@ -83,10 +80,11 @@ class Rules:
     rule). Only floating-point array leaves are acted on: integer leaves, ``None`` and
     `optax.MaskedNode` pass through.
 
-    With ``strict=True`` every rule must match at least one floating-point (or masked) leaf of
-    the tree it is resolved against; a rule that matches nothing raises a ``ValueError`` naming
-    the pattern and the closest existing paths. A rule shadowed by an earlier rule still counts
-    as matching.
+    With ``strict=True`` every rule must match at least one floating-point leaf of the tree it
+    is resolved against (leaves masked out by `optax.masked` do not count: a rule that only
+    reaches masked-out leaves would never act); a rule that matches nothing raises a
+    ``ValueError`` naming the pattern and the closest existing paths. A rule shadowed by an
+    earlier rule still counts as matching.
 
     Resolution runs in Python, once per tree structure (it is cached on the tree definition and
     the leaves' shapes and dtypes), so under `jax.jit` it costs nothing per step.
@@ -143,7 +141,7 @@ class Rules:
         """
         # The cache key needs no path strings: build them (the costly part of flattening a
         # big tree) only on a miss.
-        leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=_is_masked)
+        leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=is_masked)
         signature = tuple(
             (getattr(leaf, "shape", None), getattr(leaf, "dtype", None) or type(leaf))
             for leaf in leaves
@@ -170,9 +168,11 @@ class Rules:
             masked = isinstance(leaf, optax.MaskedNode)
             first = None
             for j, rule in enumerate(self.entries):
+                if masked and not isinstance(rule.pattern, str):
+                    continue  # Predicates are only ever called with arrays.
                 if not rule.predicate(path, leaf):
                     continue
-                if usable or masked:
+                if usable:
                     matched_usable[j] = True
                 else:
                     matched_other[j].append(f"{path} ({_describe_leaf(leaf)})")
@@ -241,8 +241,10 @@ def _unmatched_message(kind: str, rule: Rule, all_paths: list[str], others: list
     msg = f"{kind} rule {rule.description!r} matches no parameter"
     if others:
         shown = ", ".join(others[:5])
+        masked = any(o.endswith("(masked)") for o in others)
+        what = "masked out by optax.masked, or " if masked else ""
         msg += (
-            f": it matches only leaves that are not floating-point arrays ({shown}), "
+            f": it matches only leaves that are {what}not floating-point arrays ({shown}), "
             f"which a {kind} never acts on"
         )
     elif not all_paths:

@@ -9,9 +9,16 @@ import jax.numpy as jnp
 import optax
 
 from jaxcons._constraint import StatefulConstraint
+from jaxcons._paths import is_masked
 from jaxcons._rules import Rules, RulesLike, build_rules
 
-__all__ = ["ConstrainState", "apply_constraints", "as_constraint_rules", "constrain"]
+__all__ = [
+    "ConstrainState",
+    "apply_constraints",
+    "as_constraint_rules",
+    "constrain",
+    "update_delta",
+]
 
 
 class ConstrainState(NamedTuple):
@@ -35,55 +42,58 @@ def as_constraint_rules(rules: RulesLike | Rules, *, strict: bool | None = None)
     """Builds `Rules` whose values are constraints (names and configs are looked up)."""
     from jaxcons import constraints  # The registry module imports the classes.
 
-    coerce = _coerce_constraint(constraints.get)
-    return build_rules(rules, coerce=coerce, strict=strict, kind="constraint")
+    return build_rules(rules, coerce=constraints.get, strict=strict, kind="constraint")
 
 
-def _coerce_constraint(get: Any) -> Any:
-    def coerce(value: Any) -> Any:
-        c = get(value)
-        if not callable(c):
-            raise TypeError(f"A constraint must be callable w -> w, got {value!r}.")
-        return c
+def update_delta(p: jax.Array, y: jax.Array, u_dtype: Any) -> jax.Array:
+    """The update (in ``u_dtype``) that moves ``p`` to ``y`` under ``optax.apply_updates``.
 
-    return coerce
+    The difference is taken in the wider of the two dtypes, where it is usually exact, so bf16
+    params with float32 updates land on ``y`` itself rather than on a bf16-rounded difference.
+    """
+    wide = jnp.promote_types(p.dtype, u_dtype)
+    return (y.astype(wide) - p.astype(wide)).astype(u_dtype)
 
 
 def _feasible_delta(c: Any, p: jax.Array, y: jax.Array, u_dtype: Any) -> jax.Array:
-    """Returns ``t`` (in ``u_dtype``) such that ``optax.apply_updates`` lands ``p + t`` on ``y``.
+    """`update_delta`, corrected so that elementwise-box constraints land inside their box.
 
-    ``apply_updates`` computes ``p + t`` in the wider of the two dtypes and casts the sum back
-    to ``p.dtype``, so ``p + (y - p)`` is ``y`` only up to rounding. The difference is taken
-    in the wider dtype, where it is usually exact (bf16 params with float32 updates land on
-    ``y`` exactly). For elementwise-box constraints every element whose sum still rounds out
-    of the box falls back to the difference taken in ``p``'s own dtype, moved one ulp back
-    inside: in a single dtype the overshoot is at most half the spacing of ``t`` on the side
-    it was rounded to, so one step always lands inside.
+    ``optax.apply_updates`` computes ``p + t`` in the wider dtype and casts the sum back to
+    ``p.dtype``, so ``p + (y - p)`` is ``y`` only up to rounding. Where that sum rounds out of
+    the box, the difference taken in ``p``'s own dtype and moved one ulp back inside is used
+    instead: in a single dtype the overshoot is at most half the spacing of ``t`` on the side
+    it was rounded to, so from a feasible ``p`` one step lands inside. Where neither lands
+    inside (only possible when ``p`` itself is far outside a narrow box), the one that lands
+    closer to the box is kept.
     """
-    wide = jnp.promote_types(p.dtype, u_dtype)
-    t = (y.astype(wide) - p.astype(wide)).astype(u_dtype)
+    t = update_delta(p, y, u_dtype)
     bounds = getattr(c, "elementwise_bounds", None)
     if bounds is None:
         return t
     lo, hi = bounds
+    wide = jnp.promote_types(p.dtype, u_dtype)
 
     def lands(delta: jax.Array) -> jax.Array:  # What optax.apply_updates computes.
         return (p.astype(wide) + delta.astype(wide)).astype(p.dtype)
 
+    def excess(z: jax.Array) -> jax.Array:  # How far outside the box (0 inside).
+        out = jnp.zeros(z.shape, z.dtype)
+        if hi is not None:
+            out = jnp.maximum(out, z - jnp.asarray(hi, z.dtype))
+        if lo is not None:
+            out = jnp.maximum(out, jnp.asarray(lo, z.dtype) - z)
+        return out
+
     fallback = y - p
     landed = lands(fallback)
-    outside = jnp.zeros(p.shape, bool)
     if hi is not None:
-        fallback = jnp.where(
-            landed > hi, jnp.nextafter(fallback, jnp.array(-jnp.inf, p.dtype)), fallback
-        )
-        outside = outside | (lands(t) > hi)
+        down = jnp.nextafter(fallback, jnp.array(-jnp.inf, p.dtype))
+        fallback = jnp.where(landed > hi, down, fallback)
     if lo is not None:
-        fallback = jnp.where(
-            landed < lo, jnp.nextafter(fallback, jnp.array(jnp.inf, p.dtype)), fallback
-        )
-        outside = outside | (lands(t) < lo)
-    return jnp.where(outside, fallback.astype(u_dtype), t)
+        up = jnp.nextafter(fallback, jnp.array(jnp.inf, p.dtype))
+        fallback = jnp.where(landed < lo, up, fallback)
+    better = excess(lands(fallback)) < excess(lands(t))
+    return jnp.where(better, fallback.astype(u_dtype), t)
 
 
 def constrain(
@@ -100,9 +110,9 @@ def constrain(
     (`SpectralNorm`) keep their state in this transform's `ConstrainState`.
 
     Floating point: ``p + (P(x) - p)`` is not always bit-exactly ``P(x)``. Elementwise-box
-    constraints (`NonNeg`, `Clip`) are corrected so the applied parameters are exactly
-    feasible; norm bounds (`MaxNorm`, `UnitNorm`, ...) may be exceeded by a few ulps. Use
-    `apply_constraints` for an exact projection.
+    constraints (`NonNeg`, `Clip`) are corrected so that, from feasible ``params``, the applied
+    parameters are exactly feasible; norm bounds (`MaxNorm`, `UnitNorm`, ...) may be exceeded
+    by a few ulps. Use `apply_constraints` for an exact projection (and on initial weights).
 
     Speed and the scratch buffer: an elementwise constraint fuses into the kernel that
     ``optax.apply_updates`` runs, at no extra memory. A constraint that needs a reduction
@@ -117,7 +127,9 @@ def constrain(
     (``jax.jit(step, donate_argnums=...)``) reuses already-mapped memory instead, bringing
     the step to within a few percent of plain Adam. The price: the optimizer state holds
     one more copy of those parameters between steps (and in checkpoints), about what the
-    temporary costs inside each step anyway. Without donation the scratch gains nothing.
+    temporary costs inside each step anyway; and the state's structure depends on the
+    setting, so pass the same explicit ``scratch`` where a checkpoint moves between CPU and
+    GPU. Without donation the scratch gains nothing.
     Computing the norms from ``p + u`` and returning ``s * (p + u) - p`` by hand leaves
     the temporary in place; only donated memory removes it.
 
@@ -159,7 +171,7 @@ def constrain(
 
     def init_fn(params: optax.Params) -> ConstrainState:
         resolution = resolved_rules.resolve(params)
-        leaves = jax.tree_util.tree_leaves(params, is_leaf=_is_masked)
+        leaves = jax.tree_util.tree_leaves(params, is_leaf=is_masked)
         active = list(resolution.active())
         states = {
             path: c.init(leaves[i]) for i, path, c in active if isinstance(c, StatefulConstraint)
@@ -185,7 +197,7 @@ def constrain(
                 "tx.update(updates, state, params) (optax.chain passes them on)."
             )
         resolution = resolved_rules.resolve(params)
-        p_leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=_is_masked)
+        p_leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=is_masked)
         u_leaves = treedef.flatten_up_to(updates)
         new_states = dict(state.constraint_states)
         new_scratch = dict(state.scratch)
@@ -220,9 +232,6 @@ def _on_cpu(leaves: Any) -> bool:
     return platforms == {"cpu"}
 
 
-def _is_masked(x: Any) -> bool:
-    return isinstance(x, optax.MaskedNode)
-
 
 def apply_constraints(
     params: optax.Params, rules: RulesLike | Rules, *, strict: bool | None = None
@@ -250,7 +259,7 @@ def apply_constraints(
              [0.8]], dtype=float32)
     """
     resolution = as_constraint_rules(rules, strict=strict).resolve(params)
-    leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=_is_masked)
+    leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=is_masked)
     for i, _, c in resolution.active():
         leaves[i] = c(leaves[i])
     return jax.tree_util.tree_unflatten(treedef, leaves)

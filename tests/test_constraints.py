@@ -703,3 +703,50 @@ def test_register_refuses_a_second_class_under_a_taken_name():
         @constraints.register(name="max_norm")
         class Other2(jaxcons.Constraint):
             pass
+
+
+def test_custom_constraint_without_get_config_is_not_equal_to_a_differently_built_one():
+    # Equality and hashing come from get_config; a subclass that keeps state but has no
+    # get_config must not compare equal to another instance (jit caches on static values).
+    class Scale(jaxcons.Constraint):
+        def __init__(self, v):
+            self.v = v
+
+        def __call__(self, w):
+            return w * self.v
+
+    a, b = Scale(1.0), Scale(2.0)
+    assert a != b and a == a and hash(a) != hash(b)
+    assert jaxcons.MaxNorm(2) == jaxcons.MaxNorm(2.0)
+    assert hash(jaxcons.MaxNorm(2)) == hash(jaxcons.MaxNorm(2.0))
+    assert jaxcons.NonNeg() == jaxcons.NonNeg() and hash(jaxcons.NonNeg()) == hash(jaxcons.NonNeg())
+
+
+def test_registry_error_messages():
+    class Plain:
+        pass
+
+    with pytest.raises(TypeError, match="Only subclasses of Constraint can be registered"):
+        constraints.register(Plain)
+    with pytest.raises(ValueError, match="registered constraint name must be a non-empty str"):
+        constraints.register(name="")(type("Nameless", (jaxcons.Constraint,), {}))
+
+    @constraints.register(name="test_registry_errors>Bad")
+    class BadConfig(jaxcons.Constraint):
+        def get_config(self):
+            return {"fn": print}
+
+    with pytest.raises(ValueError, match=r"get_config\(\) returned .* which is not JSON-safe"):
+        constraints.serialize(BadConfig())
+    with pytest.raises(ValueError, match="'config' of a serialized constraint must be a dict"):
+        constraints.deserialize({"class_name": "MaxNorm", "config": [2.0]})
+
+
+def test_stateful_constraint_hooks_must_be_implemented():
+    class Half(jaxcons.StatefulConstraint):
+        pass
+
+    with pytest.raises(NotImplementedError, match=r"Half must implement init\(w\)"):
+        Half().init(jnp.ones(2))
+    with pytest.raises(NotImplementedError, match=r"Half must implement project\(w, state\)"):
+        Half().project(jnp.ones(2), None)

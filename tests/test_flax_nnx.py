@@ -206,3 +206,11 @@ def test_activity_loss_records_the_latest_call_without_retracing():
 def test_activity_regularization_rejects_unknown_regularizers(name):
     with pytest.raises(ValueError, match="nope"):
         jaxcons.flax.nnx.ActivityRegularization(name)
+
+
+def test_activity_losses_rejects_a_pure_state():
+    model = KerasDocsModel(nnx.Rngs(0))
+    model(2.0 * jnp.ones((5, 5), jnp.float32))
+    assert float(jaxcons.flax.activity_losses(nnx.state(model))) > 0
+    with pytest.raises(ValueError, match="cannot tell activity losses apart in a pure nnx State"):
+        jaxcons.flax.activity_losses(nnx.as_pure(nnx.state(model)))

@@ -1,5 +1,6 @@
 """Parameter paths: plain pytrees, attribute containers, flax boxes and nnx Variables."""
 
+import collections
 from typing import NamedTuple
 
 import chex
@@ -188,14 +189,21 @@ def test_nnx_module_lists_use_indices():
 
 
 @pytest.mark.parametrize("payload", ["value", "raw_value"])
-def test_trailing_payload_key_is_dropped_but_not_elsewhere(payload):
-    assert jaxcons.paths({"kernel": {payload: jnp.ones(1)}}) == ["kernel"]
-    # Only a trailing one: a module named `value` (attention's value projection) stays.
+def test_trailing_payload_attribute_is_dropped_but_dict_keys_are_kept(payload):
+    # A box's payload is an attribute (GetAttrKey): dropped. A dict key named `value` is a
+    # parameter's or module's own name (attention's value projection): kept, so
+    # `self.param("value", ...)` is reachable by "**/value".
+    box = collections.namedtuple("Box", [payload])
+    assert jaxcons.paths({"kernel": box(jnp.ones(1))}) == ["kernel"]
+    assert jaxcons.paths({"attn": {payload: jnp.ones(1), "key": jnp.ones(1)}}) == [
+        "attn/key",
+        f"attn/{payload}",
+    ]
     assert jaxcons.paths({"attn": {payload: {"kernel": jnp.ones(1)}}}) == [
         f"attn/{payload}/kernel"
     ]
     # A lone top-level key is kept, so a path is never emptied by the rule.
-    assert jaxcons.paths({payload: jnp.ones(1)}) == [payload]
+    assert jaxcons.paths(box(jnp.ones(1))) == [payload]
 
 
 def test_path_str_joins_key_entries():
@@ -224,4 +232,5 @@ def test_flatten_with_paths_round_trips():
 def test_nested_boxes_drop_every_trailing_payload_key():
     inner = nn.Partitioned(jnp.ones((3, 2)), names=(None, "model"))
     assert jaxcons.paths({"Dense_0": {"kernel": nnx.Param(inner)}}) == ["Dense_0/kernel"]
-    assert jaxcons.paths({"kernel": {"value": {"raw_value": jnp.ones(1)}}}) == ["kernel"]
+    outer, inner_box = (collections.namedtuple(n, [n]) for n in ("value", "raw_value"))
+    assert jaxcons.paths({"kernel": outer(inner_box(jnp.ones(1)))}) == ["kernel"]

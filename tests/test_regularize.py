@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+import jaxcons
 from jaxcons._penalties import penalty
 from jaxcons._regularize import ProximalState, proximal, regularize
 from jaxcons.regularizers import L1, L1L2, L2, GroupLasso, OrthogonalRegularizer
@@ -359,3 +360,31 @@ def test_custom_regularizer_with_prox_works_in_proximal():
     tx = proximal({"w": NonNegPenalty()}, 0.1)
     updates, _ = tx.update({"w": jnp.zeros(2)}, tx.init(params), params)
     np.testing.assert_array_equal(optax.apply_updates(params, updates)["w"], [0.5, 0.0])
+
+
+def test_python_float_leaves_are_governed_like_arrays():
+    params = {"scale": 1.5}
+    with jax.numpy_dtype_promotion("standard"):
+        reg = jaxcons.regularize({"scale": jaxcons.L2(0.5)})
+        updates, _ = reg.update({"scale": jnp.float32(0.0)}, reg.init(params), params)
+        assert float(updates["scale"]) == 1.5  # d/dx 0.5 x^2 = x
+        prox = jaxcons.proximal({"scale": jaxcons.L1(1.0)}, learning_rate=2.0)
+        updates, _ = prox.update({"scale": jnp.float32(0.0)}, prox.init(params), params)
+        assert float(optax.apply_updates(params, updates)["scale"]) == 0.0
+
+
+def test_proximal_lands_on_the_prox_point_for_bf16_params_with_float32_updates():
+    # The difference is taken in float32: p + u' is the bf16 prox point itself, not a
+    # bf16-rounded difference added back.
+    p = jnp.array([0.423828125, -3.0, 0.05], jnp.bfloat16)
+    u = jnp.array([0.3, -0.7, 0.01], jnp.float32)
+    tx = jaxcons.proximal({"w": jaxcons.L1(0.1)}, learning_rate=1.0)
+    with jax.numpy_dtype_promotion("standard"):
+        updates, _ = tx.update({"w": u}, tx.init({"w": p}), {"w": p})
+        new = optax.apply_updates({"w": p}, updates)["w"]
+    x = np.asarray((p.astype(jnp.float32) + u).astype(jnp.bfloat16), np.float32)
+    expected = np.sign(x) * np.maximum(np.abs(x) - np.float32(0.1), 0.0)
+    np.testing.assert_array_equal(
+        np.asarray(new, np.float32),
+        np.asarray(jnp.asarray(expected).astype(jnp.bfloat16), np.float32),
+    )

@@ -354,10 +354,36 @@ def test_int_leaves_pass_through_apply_constraints():
     assert out["step"] is tree["step"]
 
 
-def test_masked_leaves_count_as_matched_but_are_not_governed():
+def test_masked_leaves_are_not_governed_and_do_not_count_as_matches():
     tree = {"kernel": optax.MaskedNode(), "bias": jnp.zeros(2)}
-    resolution = Rules({"kernel": "k", "bias": "b"}).resolve(tree)
-    assert [(i, p, v) for i, p, v in resolution.active()] == [(0, "bias", "b")]
+    resolution = Rules({"**": "any", "bias": "b"}).resolve(tree)
+    assert [(i, p, v) for i, p, v in resolution.active()] == [(0, "bias", "any")]
+    # A rule that reaches only masked-out leaves would never act: strict says so.
+    msg = (
+        "constraint rule 'kernel' matches no parameter: it matches only leaves that are masked "
+        "out by optax.masked, or not floating-point arrays (kernel (masked))"
+    )
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        Rules({"kernel": "k", "bias": "b"}, kind="constraint").resolve(tree)
+
+
+def test_callable_patterns_never_see_masked_leaves():
+    seen = []
+
+    def is_matrix(path, leaf):
+        seen.append(type(leaf).__name__)
+        return leaf.ndim == 2
+
+    params = {"k": jnp.ones((3, 2)), "b": jnp.ones(2)}
+    tx = optax.masked(
+        optax.chain(optax.sgd(1.0), jaxcons.constrain([(is_matrix, jaxcons.MaxNorm(1.0))])),
+        {"k": True, "b": False},
+    )
+    state = tx.init(params)
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+    new = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(new["k"]), axis=0), 1.0, rtol=1e-6)
+    assert "MaskedNode" not in seen
 
 
 # --- strict errors ----------------------------------------------------------------------------

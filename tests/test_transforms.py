@@ -240,8 +240,12 @@ def test_jit_matches_eager():
 def test_inside_optax_masked():
     params = _params()
     kernels = jaxcons.mask(params, "**/kernel")
-    # The inner rules only see kernels; a rule for the masked-out bias still counts as matched.
-    inner = optax.chain(optax.sgd(1.0), jaxcons.constrain({"**/kernel": NONNEG, "**/bias": CLIP}))
+    # The inner rules only see kernels: a rule for the masked-out biases would never act, so it
+    # is a strict error; strict=False accepts it.
+    rules = {"**/kernel": NONNEG, "**/bias": CLIP}
+    with pytest.raises(ValueError, match=r"rule '\*\*/bias' matches no parameter: .*masked out"):
+        optax.masked(optax.chain(optax.sgd(1.0), jaxcons.constrain(rules)), kernels).init(params)
+    inner = optax.chain(optax.sgd(1.0), jaxcons.constrain(rules, strict=False))
     tx = optax.masked(inner, kernels)
     raw = _grads(params)
     updates, _ = tx.update(raw, tx.init(params), params)
@@ -694,3 +698,14 @@ def test_scratch_on_and_off_agree_and_the_buffer_is_donated():
     assert norms.max() <= 1.0 + 8 * np.finfo(np.float32).eps
     # Structure, not timing: with the scratch, x = p + u has donated memory to live in.
     assert mem_on.temp_size_in_bytes < mem_off.temp_size_in_bytes
+
+
+def test_box_correction_never_lands_further_outside():
+    # From an infeasible p far larger than a narrow box, no float32 update lands inside; the
+    # correction must keep the landing closest to the box (the plain difference lands on 0.0,
+    # a one-ulp nudge of it would land on 8.0).
+    params = {"w": jnp.array([1e8], jnp.float32)}
+    tx = jaxcons.constrain({"w": jaxcons.Clip(0.25, 0.75)})
+    updates, _ = tx.update({"w": jnp.array([0.0], jnp.float32)}, tx.init(params), params)
+    landed = float(optax.apply_updates(params, updates)["w"][0])
+    assert landed == 0.0

@@ -108,7 +108,8 @@ def activity_losses(x: Any) -> jax.Array:
       The total, a scalar (0.0 when nothing was recorded).
 
     Raises:
-      ValueError: for a non-empty mapping without a ``"losses"`` collection.
+      ValueError: for a non-empty mapping without a ``"losses"`` collection, or a pure nnx
+        ``State`` (raw arrays: the activity losses cannot be told apart).
 
     Example:
       >>> import jax.numpy as jnp, jaxcons.flax
@@ -119,6 +120,12 @@ def activity_losses(x: Any) -> jax.Array:
         x = nnx.state(x, ActivityLoss)
     if isinstance(x, nnx.State):
         nodes = jax.tree_util.tree_leaves(x, is_leaf=lambda v: isinstance(v, nnx.Variable))
+        if nodes and not any(isinstance(v, nnx.Variable) for v in nodes):
+            raise ValueError(
+                "activity_losses cannot tell activity losses apart in a pure nnx State (its "
+                "Variables were replaced by raw arrays); pass the model, or "
+                "nnx.state(model, ActivityLoss)."
+            )
         x = [v.get_value() for v in nodes if isinstance(v, ActivityLoss)]
     elif isinstance(x, Mapping):
         if x and LOSSES not in x:

@@ -9,7 +9,7 @@ import numpy as np
 
 from jaxcons._rules import is_floating
 
-__all__ = ["Configurable", "is_single_floating_array"]
+__all__ = ["Configurable", "is_single_floating_array", "json_safe"]
 
 
 def is_single_floating_array(owner: Any, x: Any) -> bool:
@@ -28,8 +28,23 @@ def is_single_floating_array(owner: Any, x: Any) -> bool:
     return True
 
 
+def json_safe(value: Any) -> Any:
+    """A config value with tuples as lists and 0-d arrays / NumPy scalars as Python scalars."""
+    if isinstance(value, tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "shape", None) == ():
+        return item()
+    return value
+
+
 def _frozen(value: Any) -> Any:
     """A hashable stand-in for a config value (``2 == 2.0`` and ``[0, 1] == (0, 1)`` still)."""
+    value = json_safe(value)
     if isinstance(value, dict):
         return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
     if isinstance(value, (list, tuple)):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,30 +19,9 @@ from jaxcons._projections import (
     resolve_axes,
     unit_norm,
 )
+from jaxcons._validation import real_number
 
 __all__ = ["Clip", "MaxNorm", "MinMaxNorm", "NonNeg", "RadialConstraint", "UnitNorm"]
-
-
-def _is_real_scalar(value: Any) -> bool:
-    """Whether ``value`` is a 0-d integer or floating-point array or NumPy scalar."""
-    dtype = getattr(value, "dtype", None)
-    return (
-        getattr(value, "shape", None) == ()
-        and dtype is not None
-        and bool(jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating))
-    )
-
-
-def _check_bound(name: str, value: Any, *, allow_negative: bool = True) -> float:
-    """Validates a scalar bound and returns it as a Python float."""
-    if isinstance(value, bool) or not (isinstance(value, (int, float)) or _is_real_scalar(value)):
-        raise ValueError(f"{name} must be a real number, got {value!r}.")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value!r}.")
-    if not allow_negative and v < 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}.")
-    return v
 
 
 class NonNeg(Constraint):
@@ -88,8 +66,8 @@ class Clip(Constraint):
     """
 
     def __init__(self, min_value: float, max_value: float):
-        lo = _check_bound("min_value", min_value)
-        hi = _check_bound("max_value", max_value)
+        lo = real_number("min_value", min_value)
+        hi = real_number("max_value", max_value)
         if lo > hi:
             raise ValueError(
                 f"Clip needs min_value <= max_value, got min_value={min_value!r} > "
@@ -155,7 +133,7 @@ class MaxNorm(Constraint):
     """
 
     def __init__(self, max_value: float = 2.0, axis: int | Sequence[int] = 0):
-        self._max = _check_bound("max_value", max_value, allow_negative=False)
+        self._max = real_number("max_value", max_value, minimum=0.0)
         self.max_value = max_value
         self.axis = axis_argument(axis)
 
@@ -210,14 +188,14 @@ class MinMaxNorm(Constraint):
         rate: float = 1.0,
         axis: int | Sequence[int] = 0,
     ):
-        self._min = _check_bound("min_value", min_value, allow_negative=False)
-        self._max = _check_bound("max_value", max_value, allow_negative=False)
+        self._min = real_number("min_value", min_value, minimum=0.0)
+        self._max = real_number("max_value", max_value, minimum=0.0)
         if self._min > self._max:
             raise ValueError(
                 f"MinMaxNorm needs min_value <= max_value, got min_value={min_value!r} > "
                 f"max_value={max_value!r}."
             )
-        self._rate = _check_bound("rate", rate)
+        self._rate = real_number("rate", rate)
         if not 0 < self._rate <= 1:
             raise ValueError(f"rate must be in (0, 1], got {rate!r}.")
         self.min_value = min_value

@@ -6,20 +6,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from jaxcons._configurable import json_safe
+
 __all__ = ["Registry"]
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    item = getattr(value, "item", None)
-    if callable(item) and getattr(value, "shape", None) == ():
-        return item()
-    return value
 
 
 class Registry:
@@ -120,7 +109,7 @@ class Registry:
                 f"Cannot serialize {obj!r}: {type(obj).__name__} is not registered; decorate "
                 f"it with @jaxcons.{self.kind}s.register."
             )
-        config = _json_safe(obj.get_config())
+        config = json_safe(obj.get_config())
         try:
             json.dumps(config)
         except TypeError as e:

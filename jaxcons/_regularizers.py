@@ -2,55 +2,22 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import jax
-import numpy as np
 
 from jaxcons import _regularizer_ops as ops
 from jaxcons._projections import axis_argument, resolve_axes
 from jaxcons._regularizer import Regularizer
+from jaxcons._validation import real_number
 
 __all__ = ["GroupLasso", "L1", "L1L2", "L2", "OrthogonalRegularizer", "check_factor"]
 
 
-def _is_real_scalar(value: Any) -> bool:
-    if isinstance(value, (bool, np.bool_)):
-        return False
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return True
-    dtype = getattr(value, "dtype", None)
-    return (
-        isinstance(value, (np.ndarray, jax.Array))
-        and value.shape == ()
-        and dtype is not None
-        and np.dtype(dtype).kind in "iuf"
-    )
-
-
 def check_factor(name: str, value: Any, *, positive: bool = False) -> float:
-    """Validates a regularization factor and returns it as a Python float.
-
-    Args:
-      name: the argument's name, for the message.
-      value: a Python or NumPy real scalar (or a 0-d array); ``bool`` is rejected.
-      positive: require ``> 0`` instead of ``>= 0``.
-
-    Raises:
-      ValueError: naming the argument and the value, if it is not a finite real number within
-        range.
-    """
-    bound = "> 0" if positive else ">= 0"
-    if not _is_real_scalar(value):
-        raise ValueError(
-            f"{name} must be a real number {bound} (a Python or NumPy scalar), got {value!r}."
-        )
-    v = float(value)
-    if not math.isfinite(v) or v < 0 or (positive and v == 0):
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}.")
-    return v
+    """Validates a regularization factor (finite, ``>= 0``; ``> 0`` if ``positive``)."""
+    return real_number(name, value, minimum=0.0, strict=positive)
 
 
 class L1(Regularizer):

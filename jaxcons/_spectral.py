@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, NamedTuple
 
 import jax
@@ -12,6 +11,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxcons._constraint import StatefulConstraint
+from jaxcons._validation import positive_int, real_number
 
 __all__ = [
     "SpectralNorm",
@@ -178,20 +178,6 @@ def clip_spectral_norm(w: jax.Array, sigma: jax.Array, max_value: float) -> jax.
     return (w.astype(dtype) * scale).astype(w.dtype)
 
 
-def _positive_real(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number, got {value!r}.")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be finite and > 0, got {value!r}.")
-    return float(value)
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
-    return int(value)
-
-
 class SpectralNorm(StatefulConstraint):
     """Bounds the largest singular value of a kernel: ``W <- W * min(1, max_value / sigma)``.
 
@@ -249,8 +235,8 @@ class SpectralNorm(StatefulConstraint):
     """
 
     def __init__(self, max_value: float = 1.0, n_power_iterations: int = 1):
-        self.max_value = _positive_real("max_value", max_value)
-        self.n_power_iterations = _positive_int("n_power_iterations", n_power_iterations)
+        self.max_value = real_number("max_value", max_value, minimum=0.0, strict=True)
+        self.n_power_iterations = positive_int("n_power_iterations", n_power_iterations)
 
     def check(self, shape: tuple[int, ...], path: str) -> None:
         """Raises ``ValueError`` for a parameter of rank < 2."""

@@ -319,10 +319,10 @@ def test_rank_below_two_direct_calls_raise(shape):
 @pytest.mark.parametrize(
     ("value", "msg"),
     [
-        (0.0, r"max_value must be finite and > 0, got 0\.0\."),
-        (-1, r"max_value must be finite and > 0, got -1\."),
-        (float("inf"), r"max_value must be finite and > 0, got inf\."),
-        (float("nan"), r"max_value must be finite and > 0, got nan\."),
+        (0.0, r"max_value must be > 0, got 0\.0\."),
+        (-1, r"max_value must be > 0, got -1\."),
+        (float("inf"), r"max_value must be finite, got inf\."),
+        (float("nan"), r"max_value must be finite, got nan\."),
         ("1", r"max_value must be a real number, got '1'\."),
         (True, r"max_value must be a real number, got True\."),
         (None, r"max_value must be a real number, got None\."),

@@ -1,5 +1,7 @@
 """jaxcons: Keras-style weight constraints and regularizers for JAX, optax and flax."""
 
+import importlib.metadata
+
 from jaxcons import constraints, regularizers
 from jaxcons._constraint import Constraint, StatefulConstraint
 from jaxcons._paths import path_str, paths
@@ -37,7 +39,7 @@ from jaxcons.regularizers import (
     orthogonal_regularizer,
 )
 
-__version__ = "0.1.0"
+__version__ = importlib.metadata.version("jaxcons")
 
 __all__ = [
     "Clip",

@@ -92,6 +92,23 @@ class StatefulConstraint(Constraint):
       `jaxcons.constrain`, which keeps each parameter's state in its optimizer state.
     * ``__call__(w)``: the accurate projection with no state to carry (used by
       `jaxcons.apply_constraints` and direct calls).
+
+    Example:
+      >>> import jax.numpy as jnp, optax, jaxcons
+      >>> class RunningMaxClip(jaxcons.StatefulConstraint):
+      ...   # Clips to the largest absolute value seen at the first step.
+      ...   def init(self, w):
+      ...     return jnp.max(jnp.abs(w))
+      ...   def project(self, w, bound):
+      ...     return jnp.clip(w, -bound, bound), bound
+      ...   def __call__(self, w):
+      ...     return w
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> tx = jaxcons.constrain({"w": RunningMaxClip()})
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update({"w": jnp.array([5.0, 0.0])}, state, params)
+      >>> optax.apply_updates(params, updates)["w"]
+      Array([ 2., -2.], dtype=float32)
     """
 
     def init(self, w: jax.Array) -> Any:

@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import optax
 
 from jaxcons import regularizers
+from jaxcons._norms import accumulation_dtype
 from jaxcons._paths import is_masked
-from jaxcons._regularizer_ops import accumulation_dtype, add_penalties
+from jaxcons._regularizer_ops import add_penalties
 from jaxcons._rules import Rules, RulesLike, build_rules, is_floating
 
 __all__ = ["activity_penalty", "as_regularizer_rules", "leaf_penalty", "penalties", "penalty"]

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcons._norms import accumulation_dtype, safe_norm
+
 __all__ = [
     "axis_argument",
     "check_kernel_4d",
@@ -88,11 +90,6 @@ def resolve_axes(axis: Axis, shape: Sequence[int], path: str, owner: str) -> tup
     return tuple(sorted(out))
 
 
-def _accumulation_dtype(dtype: Any) -> Any:
-    """float32 for narrower floats (bfloat16, float16), the dtype itself otherwise."""
-    return jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
-
-
 def _rescale(
     w: jax.Array,
     axes: tuple[int, ...],
@@ -106,10 +103,8 @@ def _rescale(
     every ``sqrt`` and division is guarded so values and gradients stay finite at zero.
     """
     w = jnp.asarray(w)
-    x = w.astype(_accumulation_dtype(w.dtype))
-    sq = jnp.sum(jnp.square(x), axis=axes, keepdims=True)
-    nonzero = sq > 0
-    n = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1)), 0)
+    x = w.astype(accumulation_dtype(w.dtype))
+    n = safe_norm(x, axes)
     needs, desired = rule(n)
     scale = desired / jnp.where(needs, n, 1)
     return jnp.where(needs, (x * scale).astype(w.dtype), w)
@@ -156,8 +151,7 @@ def check_kernel_4d(shape: Sequence[int], path: str, owner: str) -> None:
         )
     if shape[0] != shape[1]:
         raise ValueError(
-            f"{owner} needs a square kernel (rows == cols); parameter {path!r} has shape "
-            f"{shape}."
+            f"{owner} needs a square kernel (rows == cols); parameter {path!r} has shape {shape}."
         )
 
 
@@ -184,7 +178,7 @@ def radial_mean(w: jax.Array) -> jax.Array:
     axes are used (no gather or scatter), so a kernel sharded over its channels stays so.
     """
     w = jnp.asarray(w)
-    x = w.astype(_accumulation_dtype(w.dtype))
+    x = w.astype(accumulation_dtype(w.dtype))
     out = w
     for mask in _ring_masks(w.shape[0]):
         i, j = np.argwhere(mask[:, :, 0, 0])[0]

@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxcons._configurable import Configurable, is_single_floating_array
+from jaxcons._norms import accumulation_dtype
 from jaxcons._paths import is_masked
-from jaxcons._regularizer_ops import accumulation_dtype, add_penalties
+from jaxcons._regularizer_ops import add_penalties
 from jaxcons._rules import is_floating
 
 __all__ = ["Regularizer", "summed_over_leaves"]

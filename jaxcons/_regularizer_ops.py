@@ -14,7 +14,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +22,9 @@ import numpy as np
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
+from jaxcons._norms import accumulation_dtype, safe_norm
+
 __all__ = [
-    "accumulation_dtype",
     "add_penalties",
     "group_lasso_penalty",
     "l1_penalty",
@@ -34,14 +35,6 @@ __all__ = [
 ]
 
 Axes = tuple[int, ...]
-
-
-def accumulation_dtype(dtype: Any) -> np.dtype:
-    """The dtype a penalty is computed in: ``dtype`` if it is a float of >= 32 bits, else f32."""
-    dtype = np.dtype(dtype)
-    if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits >= 32:
-        return dtype
-    return np.dtype(jnp.float32)
 
 
 def add_penalties(values: Sequence[jax.typing.ArrayLike]) -> jax.Array:
@@ -74,13 +67,6 @@ def l2_penalty(x: jax.Array, l2: float) -> jax.Array:
     """``l2 * sum(x ** 2)``."""
     x = _upcast(x)
     return l2 * jnp.sum(x * x)
-
-
-def _safe_norm(x: jax.Array, axes: Axes) -> jax.Array:
-    """Euclidean norms over ``axes`` (kept as size-1 dims); 0 with a zero gradient at 0."""
-    sq = jnp.sum(x * x, axis=axes, keepdims=True)
-    nonzero = sq > 0
-    return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
 
 
 def _gram_sharding(x: jax.Array) -> P | None:
@@ -120,7 +106,7 @@ def orthogonal_penalty(x: jax.Array, factor: float, mode: Literal["rows", "colum
 
 def group_lasso_penalty(x: jax.Array, factor: float, axes: Axes) -> jax.Array:
     """``factor`` times the sum of the Euclidean norms taken over ``axes`` (one per group)."""
-    return factor * jnp.sum(_safe_norm(_upcast(x), axes))
+    return factor * jnp.sum(safe_norm(_upcast(x), axes))
 
 
 def prox_l1_l2(x: jax.Array, step: jax.typing.ArrayLike, l1: float, l2: float) -> jax.Array:
@@ -154,7 +140,7 @@ def prox_group_lasso(
     """
     y = _upcast(x)
     t = jnp.asarray(step, y.dtype) * factor
-    norm = _safe_norm(y, axes)
+    norm = safe_norm(y, axes)
     keep = norm > t
     scale = jnp.where(keep, 1.0 - t / jnp.where(keep, norm, 1.0), 0.0)
     return (y * scale).astype(x.dtype)

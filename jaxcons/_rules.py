@@ -97,6 +97,13 @@ class Rules:
       coerce: turns each non-``None`` value into the object used (e.g. ``constraints.get``).
       strict: whether a rule that matches nothing is an error.
       kind: what the values are, for error messages (``"constraint"``, ``"regularizer"``).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxcons
+      >>> rules = jaxcons.Rules({"**/embedding": None, "**": "non_neg"})
+      >>> params = {"embedding": jnp.ones(2), "dense": {"kernel": jnp.ones(2)}}
+      >>> [(path, value) for _, path, value in rules.resolve(params).active()]
+      [('dense/kernel', 'non_neg')]
     """
 
     def __init__(
@@ -134,6 +141,12 @@ class Rules:
 
     def resolve(self, tree: Any) -> Resolution:
         """Resolves the rules against ``tree``; see the class docstring.
+
+        Args:
+          tree: the pytree (parameters, updates, or a masked tree) to match paths against.
+
+        Returns:
+          A `Resolution`: for every leaf, its path and the governing rule's value.
 
         Raises:
           ValueError: with ``strict=True``, when a rule matches no leaf; or when a value's

@@ -11,6 +11,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxcons._constraint import StatefulConstraint
+from jaxcons._norms import accumulation_dtype
 from jaxcons._validation import positive_int, real_number
 
 __all__ = [
@@ -18,10 +19,11 @@ __all__ = [
     "SpectralNormState",
     "as_matrix",
     "clip_spectral_norm",
+    "exact_sigma",
     "initial_vector",
     "power_iteration",
-    "spectral_norm",
 ]
+
 
 class SpectralNormState(NamedTuple):
     """State of `SpectralNorm` for one kernel, carried in `jaxcons.ConstrainState`.
@@ -37,11 +39,6 @@ class SpectralNormState(NamedTuple):
     u: jax.Array
 
 
-def _compute_dtype(dtype: Any) -> Any:
-    """The dtype norms are computed in: float32, or float64 for float64 kernels."""
-    return jnp.dtype(jnp.float64) if jnp.dtype(dtype) == jnp.float64 else jnp.dtype(jnp.float32)
-
-
 def as_matrix(w: jax.Array) -> jax.Array:
     """Views a kernel of rank >= 2 as a ``(prod(shape[:-1]), shape[-1])`` matrix, in >= f32.
 
@@ -54,7 +51,7 @@ def as_matrix(w: jax.Array) -> jax.Array:
         # On an Explicit mesh a reshape across sharded axes must be told its output sharding:
         # the exact norm needs the whole matrix on every device anyway.
         w = jax.sharding.reshard(w, P())
-    return w.reshape(rows, w.shape[-1]).astype(_compute_dtype(w.dtype))
+    return w.reshape(rows, w.shape[-1]).astype(accumulation_dtype(w.dtype))
 
 
 def _normalize(x: jax.Array, fallback: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -161,7 +158,7 @@ def _like_last_axis(u: jax.Array, w: jax.Array) -> jax.Array:
     return jax.device_put(u, NamedSharding(sharding.mesh, last))
 
 
-def spectral_norm(matrix: jax.Array) -> jax.Array:
+def exact_sigma(matrix: jax.Array) -> jax.Array:
     """The exact largest singular value of ``matrix`` (by SVD); 0 for an empty matrix."""
     return jnp.linalg.norm(matrix, ord=2)
 
@@ -172,7 +169,7 @@ def clip_spectral_norm(w: jax.Array, sigma: jax.Array, max_value: float) -> jax.
     The factor is ``max_value / max(sigma, max_value)``, exactly ``1.0`` when ``sigma <=
     max_value``, so such a ``w`` comes back bit for bit; no 0/0 for a zero ``w``.
     """
-    dtype = _compute_dtype(w.dtype)
+    dtype = accumulation_dtype(w.dtype)
     bound = jnp.asarray(max_value, dtype)
     scale = bound / jnp.maximum(sigma.astype(dtype), bound)
     return (w.astype(dtype) * scale).astype(w.dtype)
@@ -254,7 +251,7 @@ class SpectralNorm(StatefulConstraint):
 
     def __call__(self, w: jax.Array) -> jax.Array:
         w = jnp.asarray(w)
-        return clip_spectral_norm(w, spectral_norm(self._matrix(w)), self.max_value)
+        return clip_spectral_norm(w, exact_sigma(self._matrix(w)), self.max_value)
 
     def init(self, w: jax.Array) -> SpectralNormState:
         """Returns the deterministic start: a fixed unit vector of shape ``(out,)``.
@@ -265,7 +262,7 @@ class SpectralNorm(StatefulConstraint):
         """
         w = jnp.asarray(w)
         self.check(w.shape, "")
-        u = initial_vector(w.shape[-1], _compute_dtype(w.dtype))
+        u = initial_vector(w.shape[-1], accumulation_dtype(w.dtype))
         return SpectralNormState(u=_like_last_axis(u, w))
 
     def project(
@@ -274,7 +271,7 @@ class SpectralNorm(StatefulConstraint):
         """Projects ``w`` with ``sigma`` estimated by power iteration from ``state.u``."""
         w = jnp.asarray(w)
         self.check(tuple(w.shape), "")
-        kernel = w.astype(_compute_dtype(w.dtype))
+        kernel = w.astype(accumulation_dtype(w.dtype))
         sigma, u = power_iteration(kernel, state.u, self.n_power_iterations)
         return clip_spectral_norm(w, sigma, self.max_value), SpectralNormState(u=u)
 

@@ -251,6 +251,10 @@ def apply_constraints(
     Returns:
       A pytree like ``params`` with every governed leaf projected.
 
+    Raises:
+      ValueError: when a rule matches no floating-point parameter (strict), or a constraint
+        cannot act on a parameter's shape (an ``axis`` out of range, naming the path).
+
     Example:
       >>> import jax.numpy as jnp, jaxcons
       >>> params = {"kernel": jnp.array([[3.0], [4.0]])}

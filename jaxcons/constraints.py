@@ -103,6 +103,13 @@ def get(identifier: Any) -> Any:
 def serialize(constraint: Constraint) -> dict[str, Any]:
     """Returns a JSON-safe ``{"class_name": ..., "config": ...}`` dict for a constraint.
 
+    Args:
+      constraint: a registered `Constraint` (built-in classes are registered).
+
+    Returns:
+      ``{"class_name": name, "config": get_config()}``, with tuples as lists and NumPy scalars
+      as Python numbers.
+
     Raises:
       ValueError: for a plain function or an unregistered class.
 
@@ -116,6 +123,12 @@ def serialize(constraint: Constraint) -> dict[str, Any]:
 
 def deserialize(config: dict[str, Any] | str) -> Constraint:
     """Rebuilds a constraint from `serialize`'s output (or from a name).
+
+    Args:
+      config: a dict from `serialize`, or a string identifier as `get` takes.
+
+    Returns:
+      The constraint, built with ``cls.from_config(config["config"])``.
 
     Raises:
       ValueError: for an unknown class name (listing the valid ones) or a malformed dict.
@@ -131,6 +144,18 @@ def deserialize(config: dict[str, Any] | str) -> Constraint:
 
 def register(cls: type | None = None, *, name: str | None = None) -> Any:
     """Class decorator registering a custom `Constraint` subclass for `get`/`deserialize`.
+
+    Args:
+      cls: the class (when used as ``@register``).
+      name: the name to register it under (default: the class name), when used as
+        ``@register(name=...)``.
+
+    Returns:
+      The class itself, or a decorator when called with only ``name``.
+
+    Raises:
+      TypeError: for a class that does not subclass `Constraint`.
+      ValueError: for a name already taken by another class or a built-in shortcut.
 
     Example:
       >>> import jaxcons

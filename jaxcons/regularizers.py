@@ -85,6 +85,12 @@ def serialize(regularizer: Regularizer) -> dict[str, Any]:
 
     Factors are kept as the exact Python floats given (Keras stores 0.01 as 0.009999999776).
 
+    Args:
+      regularizer: a registered `Regularizer` (built-in classes are registered).
+
+    Returns:
+      ``{"class_name": name, "config": get_config()}``, JSON-safe.
+
     Raises:
       ValueError: for a plain function or an unregistered class.
 
@@ -99,6 +105,15 @@ def serialize(regularizer: Regularizer) -> dict[str, Any]:
 def deserialize(config: dict[str, Any] | str) -> Regularizer:
     """Rebuilds a regularizer from `serialize`'s output (or from a name).
 
+    Args:
+      config: a dict from `serialize`, or a string identifier as `get` takes.
+
+    Returns:
+      The regularizer, built with ``cls.from_config(config["config"])``.
+
+    Raises:
+      ValueError: for an unknown class name (listing the valid ones) or a malformed dict.
+
     Example:
       >>> import jaxcons
       >>> jaxcons.regularizers.deserialize({"class_name": "L2", "config": {"l2": 0.5}})
@@ -109,6 +124,18 @@ def deserialize(config: dict[str, Any] | str) -> Regularizer:
 
 def register(cls: type | None = None, *, name: str | None = None) -> Any:
     """Class decorator registering a custom `Regularizer` subclass for `get`/`deserialize`.
+
+    Args:
+      cls: the class (when used as ``@register``).
+      name: the name to register it under (default: the class name), when used as
+        ``@register(name=...)``.
+
+    Returns:
+      The class itself, or a decorator when called with only ``name``.
+
+    Raises:
+      TypeError: for a class that does not subclass `Regularizer`.
+      ValueError: for a name already taken by another class or a built-in shortcut.
 
     Example:
       >>> import jax.numpy as jnp, jaxcons

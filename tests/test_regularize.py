@@ -109,9 +109,8 @@ def test_regularize_leaves_ungoverned_updates_untouched():
     )
 
 
-def test_regularize_under_jit_does_not_retrace():
-    params, loss = make_problem()
-    tx = optax.chain(regularize({"**/kernel": "l2", "**/bias": "l1"}), adam(1e-3))
+def _train_jitted(tx, params, loss, steps):
+    """Runs ``steps`` jitted training steps; returns params, state and the trace log."""
     traces = []
 
     @jax.jit
@@ -121,8 +120,15 @@ def test_regularize_under_jit_does_not_retrace():
         return optax.apply_updates(p, updates), s
 
     state = tx.init(params)
-    for _ in range(3):
+    for _ in range(steps):
         params, state = step(params, state)
+    return params, state, traces
+
+
+def test_regularize_under_jit_does_not_retrace():
+    params, loss = make_problem()
+    tx = optax.chain(regularize({"**/kernel": "l2", "**/bias": "l1"}), adam(1e-3))
+    params, _, traces = _train_jitted(tx, params, loss, steps=3)
     assert len(traces) == 1
     assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree_util.tree_leaves(params))
 
@@ -274,17 +280,7 @@ def test_proximal_with_optax_schedule_under_jit_does_not_retrace():
     schedule = optax.exponential_decay(1e-2, 10, 0.5)
     rules = {"**/kernel": GroupLasso(0.1), "**/bias": L1(0.1)}
     tx = optax.chain(adam(schedule), proximal(rules, schedule))
-    traces = []
-
-    @jax.jit
-    def step(p, s):
-        traces.append(1)
-        updates, s = tx.update(jax.grad(loss)(p), s, p)
-        return optax.apply_updates(p, updates), s
-
-    state = tx.init(params)
-    for _ in range(3):
-        params, state = step(params, state)
+    params, state, traces = _train_jitted(tx, params, loss, steps=3)
     assert len(traces) == 1
     assert int(state[1].count) == 3
 

@@ -1,0 +1,31 @@
+"""Norms that stay finite at zero, and the dtype they accumulate in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["accumulation_dtype", "safe_norm"]
+
+
+def accumulation_dtype(dtype: Any) -> np.dtype:
+    """The dtype norms and penalties are computed in: ``dtype`` for floats of >= 32 bits,
+    float32 otherwise (bfloat16 and float16 parameters are never summed in their own dtype)."""
+    dtype = np.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits >= 32:
+        return dtype
+    return np.dtype(jnp.float32)
+
+
+def safe_norm(x: jax.Array, axes: Any) -> jax.Array:
+    """Euclidean norms of ``x`` over ``axes`` (kept as size-1 dimensions).
+
+    Exactly 0 for zero vectors, with a zero (not NaN) gradient there: both the ``sqrt`` and its
+    argument are guarded (the "double where").
+    """
+    sq = jnp.sum(jnp.square(x), axis=axes, keepdims=True)
+    nonzero = sq > 0
+    return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1)), 0)

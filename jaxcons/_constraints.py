@@ -313,9 +313,7 @@ class RadialConstraint(Constraint):
 
     def __init__(self, mode: str = "mean"):
         if mode not in _RADIAL_MODES:
-            raise ValueError(
-                f"RadialConstraint mode must be one of {_RADIAL_MODES}, got {mode!r}."
-            )
+            raise ValueError(f"RadialConstraint mode must be one of {_RADIAL_MODES}, got {mode!r}.")
         self.mode = mode
 
     def check(self, shape: tuple[int, ...], path: str) -> None:

@@ -30,7 +30,6 @@ class ProximalState(NamedTuple):
     count: jax.Array
 
 
-
 def _needs_params(name: str) -> ValueError:
     return ValueError(
         f"jaxcons.{name} needs the current params: call "

@@ -83,4 +83,3 @@ class Regularizer(Configurable):
     @summed_over_leaves
     def __call__(self, x: jax.Array) -> jax.Array:
         return jnp.zeros((), accumulation_dtype(x.dtype))
-

@@ -34,7 +34,6 @@ def is_floating(leaf: Any) -> bool:
     return bool(jnp.issubdtype(dtype, jnp.floating))
 
 
-
 def _describe_leaf(leaf: Any) -> str:
     if isinstance(leaf, optax.MaskedNode):
         return "masked"
@@ -243,9 +242,7 @@ def _as_pairs(rules: Any, kind: str) -> list[tuple[Any, Any]]:
     pairs = []
     for i, item in enumerate(rules):
         if not (isinstance(item, (tuple, list)) and len(item) == 2):
-            raise TypeError(
-                f"{kind} rule #{i} must be a (pattern, {kind}) pair, got {item!r}."
-            )
+            raise TypeError(f"{kind} rule #{i} must be a (pattern, {kind}) pair, got {item!r}.")
         pairs.append((item[0], item[1]))
     return pairs
 

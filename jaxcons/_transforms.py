@@ -232,7 +232,6 @@ def _on_cpu(leaves: Any) -> bool:
     return platforms == {"cpu"}
 
 
-
 def apply_constraints(
     params: optax.Params, rules: RulesLike | Rules, *, strict: bool | None = None
 ) -> optax.Params:

@@ -9,11 +9,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxcons._paths import is_masked
 from jaxcons._penalties import as_regularizer_rules, leaf_penalty
 from jaxcons._regularizers import check_factor
-from jaxcons._rules import Resolution, Rules, RulesLike
-from jaxcons._transforms import update_delta
+from jaxcons._rules import Rules, RulesLike
+from jaxcons._transforms import map_governed, update_delta
 
 __all__ = ["ProximalState", "proximal", "regularize"]
 
@@ -28,13 +27,6 @@ class ProximalState(NamedTuple):
     """
 
     count: jax.Array
-
-
-def _needs_params(name: str) -> ValueError:
-    return ValueError(
-        f"jaxcons.{name} needs the current params: call "
-        f"tx.update(updates, state, params) (optax.chain passes them on)."
-    )
 
 
 def regularize(
@@ -86,17 +78,11 @@ def regularize(
     def update_fn(
         updates: optax.Updates, state: optax.EmptyState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, optax.EmptyState]:
-        if params is None:
-            raise _needs_params("regularize")
-        resolution = resolved_rules.resolve(params)
-        p_leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=is_masked)
-        u_leaves = treedef.flatten_up_to(updates)
-        out = list(u_leaves)
-        for i, path, r in resolution.active():
-            p, u = jnp.asarray(p_leaves[i]), jnp.asarray(u_leaves[i])
-            g = jax.grad(lambda x, r=r, path=path: leaf_penalty(r, x, path))(p)
-            out[i] = u + g.astype(u.dtype)
-        return jax.tree_util.tree_unflatten(treedef, out), state
+        def add_gradient(path: str, r: Any, p: jax.Array, u: jax.Array) -> jax.Array:
+            g = jax.grad(lambda x: leaf_penalty(r, x, path))(p)
+            return u + g.astype(u.dtype)
+
+        return map_governed(resolved_rules, updates, params, "regularize", add_gradient), state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -113,14 +99,13 @@ def _check_learning_rate(learning_rate: Any) -> None:
         ) from None
 
 
-def _check_has_prox(resolution: Resolution) -> None:
-    for _, path, r in resolution.active():
-        if not callable(getattr(r, "prox", None)):
-            raise ValueError(
-                f"jaxcons.proximal: the regularizer {r!r} for parameter {path!r} has no "
-                f"proximal operator (prox). Put it in jaxcons.regularize or jaxcons.penalty "
-                f"instead, or exempt the parameter from these rules."
-            )
+def _require_prox(path: str, r: Any) -> None:
+    if not callable(getattr(r, "prox", None)):
+        raise ValueError(
+            f"jaxcons.proximal: the regularizer {r!r} for parameter {path!r} has no "
+            f"proximal operator (prox). Put it in jaxcons.regularize or jaxcons.penalty "
+            f"instead, or exempt the parameter from these rules."
+        )
 
 
 def proximal(
@@ -191,25 +176,20 @@ def proximal(
     resolved_rules = as_regularizer_rules(rules, strict=strict)
 
     def init_fn(params: optax.Params) -> ProximalState:
-        _check_has_prox(resolved_rules.resolve(params))
+        for _, path, r in resolved_rules.resolve(params).active():
+            _require_prox(path, r)
         return ProximalState(count=jnp.zeros([], jnp.int32))
 
     def update_fn(
         updates: optax.Updates, state: ProximalState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, ProximalState]:
-        if params is None:
-            raise _needs_params("proximal")
-        resolution = resolved_rules.resolve(params)
-        _check_has_prox(resolution)
         step = learning_rate(state.count) if callable(learning_rate) else learning_rate
-        p_leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=is_masked)
-        u_leaves = treedef.flatten_up_to(updates)
-        out = list(u_leaves)
-        for i, _, r in resolution.active():
-            p, u = jnp.asarray(p_leaves[i]), jnp.asarray(u_leaves[i])
-            y = r.prox((p + u).astype(p.dtype), step)
-            out[i] = update_delta(p, y, u.dtype)
-        new_state = ProximalState(count=optax.safe_increment(state.count))
-        return jax.tree_util.tree_unflatten(treedef, out), new_state
+
+        def prox_step(path: str, r: Any, p: jax.Array, u: jax.Array) -> jax.Array:
+            _require_prox(path, r)
+            return update_delta(p, r.prox((p + u).astype(p.dtype), step), u.dtype)
+
+        out = map_governed(resolved_rules, updates, params, "proximal", prox_step)
+        return out, ProximalState(count=optax.safe_increment(state.count))
 
     return optax.GradientTransformation(init_fn, update_fn)

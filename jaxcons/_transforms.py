@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -17,6 +18,7 @@ __all__ = [
     "apply_constraints",
     "as_constraint_rules",
     "constrain",
+    "map_governed",
     "update_delta",
 ]
 
@@ -43,6 +45,35 @@ def as_constraint_rules(rules: RulesLike | Rules, *, strict: bool | None = None)
     from jaxcons import constraints  # The registry module imports the classes.
 
     return build_rules(rules, coerce=constraints.get, strict=strict, kind="constraint")
+
+
+def map_governed(
+    rules: Rules,
+    updates: optax.Updates,
+    params: optax.Params | None,
+    transform: str,
+    fn: Callable[[str, Any, jax.Array, jax.Array], jax.Array],
+) -> optax.Updates:
+    """Replaces the update of every leaf ``rules`` govern with ``fn(path, value, p, u)``.
+
+    The shared body of the transforms that act on ``params + updates`` (`constrain`,
+    `jaxcons.regularize`, `jaxcons.proximal`): ``p`` and ``u`` are the leaf's parameter and
+    update as arrays, ``value`` the governing rule's value; other updates pass through.
+
+    Raises:
+      ValueError: naming ``transform``, when ``params`` is missing.
+    """
+    if params is None:
+        raise ValueError(
+            f"jaxcons.{transform} needs the current params: call "
+            "tx.update(updates, state, params) (optax.chain passes them on)."
+        )
+    resolution = rules.resolve(params)
+    p_leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=is_masked)
+    out = treedef.flatten_up_to(updates)
+    for i, path, value in resolution.active():
+        out[i] = fn(path, value, jnp.asarray(p_leaves[i]), jnp.asarray(out[i]))
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def update_delta(p: jax.Array, y: jax.Array, u_dtype: Any) -> jax.Array:
@@ -191,19 +222,10 @@ def constrain(
     def update_fn(
         updates: optax.Updates, state: ConstrainState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, ConstrainState]:
-        if params is None:
-            raise ValueError(
-                "jaxcons.constrain needs the current params: call "
-                "tx.update(updates, state, params) (optax.chain passes them on)."
-            )
-        resolution = resolved_rules.resolve(params)
-        p_leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=is_masked)
-        u_leaves = treedef.flatten_up_to(updates)
         new_states = dict(state.constraint_states)
         new_scratch = dict(state.scratch)
-        out = list(u_leaves)
-        for i, path, c in resolution.active():
-            p, u = jnp.asarray(p_leaves[i]), jnp.asarray(u_leaves[i])
+
+        def project(path: str, c: Any, p: jax.Array, u: jax.Array) -> jax.Array:
             x = (p + u).astype(p.dtype)
             if path in state.scratch:
                 # Overwrites the whole buffer: XLA drops the old contents and writes x straight
@@ -214,9 +236,10 @@ def constrain(
                 y, new_states[path] = c.project(x, state.constraint_states[path])
             else:
                 y = c(x)
-            out[i] = _feasible_delta(c, p, y, u.dtype)
-        new_state = ConstrainState(constraint_states=new_states, scratch=new_scratch)
-        return jax.tree_util.tree_unflatten(treedef, out), new_state
+            return _feasible_delta(c, p, y, u.dtype)
+
+        out = map_governed(resolved_rules, updates, params, "constrain", project)
+        return out, ConstrainState(constraint_states=new_states, scratch=new_scratch)
 
     return optax.GradientTransformation(init_fn, update_fn)
 

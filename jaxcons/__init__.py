@@ -1,87 +1,51 @@
-"""jaxcons: Keras-style weight constraints and regularizers for JAX, optax and flax."""
+"""jaxcons: Keras-style weight constraints and regularizers for JAX, optax and flax.
+
+One flat namespace: the built-in constraints and regularizers (with their Keras snake_case
+aliases) come from the table in ``jaxcons._builtins``; the registry functions live in
+`jaxcons.constraints` and `jaxcons.regularizers`, as in Keras.
+"""
 
 import importlib.metadata
 
-from jaxcons import constraints, regularizers
-from jaxcons._constraint import Constraint, StatefulConstraint
-from jaxcons._paths import path_str, paths
+from jaxcons import _builtins, constraints, regularizers
+from jaxcons._chain import chain
+from jaxcons._constrain import ConstrainState, apply_constraints, constrain
 from jaxcons._penalties import activity_penalty, penalties, penalty
+from jaxcons._protocol import Constraint, Regularizer, StatefulConstraint
 from jaxcons._regularize import ProximalState, proximal, regularize
 from jaxcons._rules import Rules, mask
-from jaxcons._spectral import SpectralNormState
-from jaxcons._transforms import ConstrainState, apply_constraints, constrain
-from jaxcons.constraints import (
-    Clip,
-    MaxNorm,
-    MinMaxNorm,
-    NonNeg,
-    RadialConstraint,
-    SpectralNorm,
-    UnitNorm,
-    max_norm,
-    min_max_norm,
-    non_neg,
-    radial_constraint,
-    spectral_norm,
-    unit_norm,
-)
-from jaxcons.regularizers import (
-    L1,
-    L1L2,
-    L2,
-    GroupLasso,
-    OrthogonalRegularizer,
-    Regularizer,
-    group_lasso,
-    l1,
-    l1_l2,
-    l2,
-    orthogonal_regularizer,
-)
+from jaxcons._spectral_constraint import SpectralNormState
+from jaxcons._tree import path_str, paths
 
 __version__ = importlib.metadata.version("jaxcons")
 
+_BUILTIN_NAMES = {
+    **_builtins.public_names(_builtins.CONSTRAINTS),
+    **_builtins.public_names(_builtins.REGULARIZERS),
+}
+globals().update(_BUILTIN_NAMES)
+
 __all__ = [
-    "Clip",
     "ConstrainState",
     "Constraint",
-    "GroupLasso",
-    "L1",
-    "L1L2",
-    "L2",
-    "MaxNorm",
-    "MinMaxNorm",
-    "NonNeg",
-    "OrthogonalRegularizer",
     "ProximalState",
-    "RadialConstraint",
     "Regularizer",
     "Rules",
-    "SpectralNorm",
     "SpectralNormState",
     "StatefulConstraint",
-    "UnitNorm",
     "activity_penalty",
     "apply_constraints",
+    "chain",
     "constrain",
     "constraints",
-    "group_lasso",
-    "l1",
-    "l1_l2",
-    "l2",
     "mask",
-    "max_norm",
-    "min_max_norm",
-    "non_neg",
-    "orthogonal_regularizer",
     "path_str",
     "paths",
     "penalties",
     "penalty",
     "proximal",
-    "radial_constraint",
     "regularize",
     "regularizers",
-    "spectral_norm",
-    "unit_norm",
 ]
+__all__ += list(_BUILTIN_NAMES)  # The built-ins, from their table.
+__all__.sort()

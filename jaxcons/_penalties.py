@@ -10,16 +10,17 @@ import jax.numpy as jnp
 import optax
 
 from jaxcons import regularizers
-from jaxcons._norms import accumulation_dtype
-from jaxcons._paths import is_masked
-from jaxcons._regularizer_ops import add_penalties
-from jaxcons._rules import Rules, RulesLike, build_rules, is_floating
+from jaxcons._numerics import accumulation_dtype
+from jaxcons._penalty_math import add_penalties
+from jaxcons._rules import Rules, RulesLike, build_rules
+from jaxcons._tree import is_floating, is_masked
 
 __all__ = ["activity_penalty", "as_regularizer_rules", "leaf_penalty", "penalties", "penalty"]
 
 
 def as_regularizer_rules(rules: RulesLike | Rules, *, strict: bool | None = None) -> Rules:
-    """Builds `Rules` whose values are regularizers (names and configs are looked up)."""
+    """Builds `Rules` whose values are regularizers (names and configs are looked up; a
+    constraint is a ``TypeError``)."""
     return build_rules(rules, coerce=regularizers.get, strict=strict, kind="regularizer")
 
 

@@ -1,4 +1,4 @@
-"""Pure projection math behind the norm and radial constraints.
+"""Pure projection math behind the built-in constraints (norms, rings, spectral norms).
 
 Every function here takes one array and returns an array of the same shape and dtype. Norms
 and means accumulate in at least float32 (bfloat16 and float16 inputs are upcast for the
@@ -9,85 +9,34 @@ rather than through a rescaling by a factor that is merely close to one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from jaxcons._norms import accumulation_dtype, safe_norm
+from jaxcons._numerics import accumulation_dtype, safe_norm
 
 __all__ = [
-    "axis_argument",
+    "as_matrix",
     "check_kernel_4d",
+    "clip_spectral_norm",
+    "exact_sigma",
+    "initial_vector",
+    "like_last_axis",
     "max_norm",
     "min_max_norm",
+    "power_iteration",
     "radial_mean",
     "radial_tf_keras",
-    "resolve_axes",
     "ring_index",
+    "top_right_singular_vector",
     "unit_norm",
 ]
-
-Axis = int | tuple[int, ...]
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
-
-
-def axis_argument(axis: Any) -> Axis:
-    """Validates an ``axis`` constructor argument: an int, or a non-empty list/tuple of ints.
-
-    Returns:
-      The axis as a Python int or a tuple of Python ints.
-
-    Raises:
-      ValueError: naming the value, for anything else.
-    """
-    if _is_int(axis):
-        return int(axis)
-    if isinstance(axis, (list, tuple)) and axis and all(_is_int(a) for a in axis):
-        return tuple(int(a) for a in axis)
-    raise ValueError(f"axis must be an int or a non-empty list/tuple of ints, got {axis!r}.")
-
-
-def resolve_axes(axis: Axis, shape: Sequence[int], path: str, owner: str) -> tuple[int, ...]:
-    """Turns ``axis`` into sorted non-negative axes for an array of ``shape``.
-
-    Args:
-      axis: an int or a tuple of ints, negative ones counting from the end.
-      shape: the shape of the parameter.
-      path: the parameter's path, for messages (``"<array>"`` on a direct call).
-      owner: the constraint's class name, for messages.
-
-    Returns:
-      The axes, each in ``[0, len(shape))``, sorted.
-
-    Raises:
-      ValueError: naming the axis, the path and the shape, when an axis is out of range or
-        two entries name the same axis.
-    """
-    ndim = len(shape)
-    shape = tuple(shape)
-    axes = (axis,) if isinstance(axis, int) else axis
-    shown = axis if isinstance(axis, int) else list(axis)
-    out = []
-    for a in axes:
-        if not -ndim <= a < ndim:
-            raise ValueError(
-                f"{owner} axis={shown!r}: axis {a} is out of range for parameter {path!r} of "
-                f"shape {shape} (rank {ndim})."
-            )
-        a %= ndim
-        if a in out:
-            raise ValueError(
-                f"{owner} axis={shown!r} names axis {a} twice for parameter {path!r} of "
-                f"shape {shape}."
-            )
-        out.append(a)
-    return tuple(sorted(out))
 
 
 def _rescale(
@@ -205,3 +154,149 @@ def radial_tf_keras(w: jax.Array) -> jax.Array:
         d = (start - 1 if r == 0 else start + r - size % 2) % size
         out = jnp.where(mask, w[d : d + 1, d : d + 1], out)
     return out
+
+
+def as_matrix(w: jax.Array) -> jax.Array:
+    """Views a kernel of rank >= 2 as a ``(prod(shape[:-1]), shape[-1])`` matrix, in >= f32.
+
+    A Conv2D kernel ``(h, w, in, out)`` becomes ``(h * w * in, out)``: its largest singular
+    value bounds the Lipschitz constant of the convolution up to a factor that depends only
+    on the kernel size, as in Miyato et al. (2018).
+    """
+    rows = math.prod(w.shape[:-1])
+    if isinstance(w, jax.core.Tracer) and _known_sharding(w) is not None:
+        # On an Explicit mesh a reshape across sharded axes must be told its output sharding:
+        # the exact norm needs the whole matrix on every device anyway.
+        w = jax.sharding.reshard(w, P())
+    return w.reshape(rows, w.shape[-1]).astype(accumulation_dtype(w.dtype))
+
+
+def _normalize(x: jax.Array, fallback: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Returns ``(x / ||x||, ||x||)``, or ``(fallback, 0)`` when ``x`` is zero.
+
+    Both branches are guarded, so neither the value nor the gradient has a 0/0.
+    """
+    sq = jnp.sum(jnp.square(x))
+    nonzero = sq > 0
+    norm = jnp.sqrt(jnp.where(nonzero, sq, 1))
+    unit = jnp.where(nonzero, x / norm, fallback)
+    return unit, jnp.where(nonzero, norm, 0)
+
+
+def initial_vector(n: int, dtype: Any = jnp.float32) -> jax.Array:
+    """The deterministic start of the power iteration: a unit vector drawn with key 0.
+
+    A fixed random direction rather than ``ones``: structured kernels (a difference filter,
+    columns that sum to zero) often have their top singular vector orthogonal to ``ones``,
+    where the power iteration would never leave zero. The same ``n`` always gives the same
+    vector, so restarts are reproducible.
+    """
+    x = jax.random.normal(jax.random.key(0), (n,), dtype)
+    return _normalize(x, jnp.zeros((n,), dtype))[0]
+
+
+def _matvec(kernel: jax.Array, u: jax.Array) -> jax.Array:
+    """``W u`` for the kernel viewed as a ``(rows, out)`` matrix, shaped ``kernel.shape[:-1]``.
+
+    A broadcast product and a reduction over the last axis, on the kernel's own shape: no
+    reshape and no ``dot_general``, so a kernel sharded along any axis is reduced where it
+    lives (a sharded reduction is an all-reduce of the small result) instead of being
+    gathered, and the sums are exact f32 on every backend (no TF32 matmul passes).
+    """
+    return jnp.sum(kernel * u.reshape((1,) * (kernel.ndim - 1) + u.shape), axis=-1)
+
+
+def _rmatvec(kernel: jax.Array, v: jax.Array) -> jax.Array:
+    """``W^T v`` for ``v`` shaped ``kernel.shape[:-1]``: a vector of shape ``(out,)``."""
+    return jnp.sum(kernel * v[..., None], axis=tuple(range(kernel.ndim - 1)))
+
+
+def power_iteration(
+    kernel: jax.Array, u: jax.Array, n_iterations: int
+) -> tuple[jax.Array, jax.Array]:
+    """Estimates the largest singular value of a kernel by power iteration from ``u``.
+
+    The kernel ``W`` (rank >= 2) is viewed as the ``(prod(shape[:-1]), shape[-1])`` matrix
+    without being reshaped. Each iteration is ``v = W u / ||W u||``,
+    ``u = W^T v / ||W^T v||``, and the estimate is ``sigma = ||W^T v|| = v^T W u``, a lower
+    bound on the largest singular value that converges to it at the rate
+    ``(sigma_2 / sigma_1)^2`` per iteration (Miyato et al., 2018). As there, the vectors are
+    treated as constants under differentiation, so the gradient of ``sigma`` is ``v u^T``.
+    A zero kernel gives ``sigma = 0`` and keeps ``u``.
+
+    Args:
+      kernel: the kernel ``W``, in its compute dtype.
+      u: the start vector, shape ``(out,)``, of ``kernel``'s dtype (unit norm).
+      n_iterations: the number of iterations (a positive Python int).
+
+    Returns:
+      ``(sigma, u)``: the estimate and the updated unit vector.
+    """
+    frozen = jax.lax.stop_gradient(kernel)
+
+    def left(u: jax.Array) -> jax.Array:
+        wu = _matvec(frozen, u)
+        return _normalize(wu, jnp.zeros_like(wu))[0]  # Zeros sharded like W u.
+
+    def iterate(_: Any, u: jax.Array) -> jax.Array:
+        return _normalize(_rmatvec(frozen, left(u)), u)[0]
+
+    u = jax.lax.fori_loop(0, n_iterations - 1, iterate, jax.lax.stop_gradient(u))
+    v = left(u)
+    new_u, sigma = _normalize(_rmatvec(kernel, v), u)
+    return sigma, jax.lax.stop_gradient(new_u)
+
+
+def _known_sharding(w: jax.Array) -> NamedSharding | None:
+    """``w``'s ``NamedSharding`` where it is known at trace time: a concrete array's, or a
+    traced array's on an ``Explicit`` mesh (its mesh is then abstract); else ``None``."""
+    if isinstance(w, jax.core.Tracer):
+        sharding = jax.typeof(w).sharding
+        explicit = AxisType.Explicit in getattr(sharding.mesh, "axis_types", ())
+        return sharding if explicit else None
+    sharding = getattr(w, "sharding", None)
+    return sharding if isinstance(sharding, NamedSharding) else None
+
+
+def like_last_axis(u: jax.Array, w: jax.Array) -> jax.Array:
+    """Shards ``u`` (shape ``(out,)``) like ``w``'s last axis, where that is known.
+
+    `power_iteration` returns ``u`` sharded that way, so starting from the same sharding keeps
+    the optimizer state's sharding fixed across steps: no resharding, no recompilation, and
+    donated buffers are reused.
+    """
+    sharding = _known_sharding(w)
+    if sharding is None:
+        return u
+    spec = sharding.spec
+    last = P(spec[w.ndim - 1] if len(spec) >= w.ndim else None)
+    if isinstance(w, jax.core.Tracer):
+        return jax.sharding.reshard(u, last)
+    return jax.device_put(u, NamedSharding(sharding.mesh, last))
+
+
+def top_right_singular_vector(matrix: jax.Array) -> jax.Array:
+    """The unit right singular vector of ``matrix``'s largest singular value (by SVD).
+
+    Shape ``(matrix.shape[1],)``. For a zero matrix every unit vector is one; the SVD's choice
+    is returned.
+    """
+    _, _, vh = jnp.linalg.svd(matrix, full_matrices=False)
+    return vh[0]
+
+
+def exact_sigma(matrix: jax.Array) -> jax.Array:
+    """The exact largest singular value of ``matrix`` (by SVD); 0 for an empty matrix."""
+    return jnp.linalg.norm(matrix, ord=2)
+
+
+def clip_spectral_norm(w: jax.Array, sigma: jax.Array, max_value: float) -> jax.Array:
+    """Returns ``w * min(1, max_value / sigma)`` in ``w``'s dtype, computed in >= f32.
+
+    The factor is ``max_value / max(sigma, max_value)``, exactly ``1.0`` when ``sigma <=
+    max_value``, so such a ``w`` comes back bit for bit; no 0/0 for a zero ``w``.
+    """
+    dtype = accumulation_dtype(w.dtype)
+    bound = jnp.asarray(max_value, dtype)
+    scale = bound / jnp.maximum(sigma.astype(dtype), bound)
+    return (w.astype(dtype) * scale).astype(w.dtype)

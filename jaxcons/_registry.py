@@ -6,9 +6,15 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from jaxcons._configurable import json_safe
+from jaxcons._protocol import json_safe
 
 __all__ = ["Registry"]
+
+# Where objects of each kind go, for messages about an object given to the other kind.
+_WHERE = {
+    "constraint": "constrain, jaxcons.apply_constraints, jaxcons.chain(constraints=...)",
+    "regularizer": "penalty, jaxcons.regularize, jaxcons.proximal, jaxcons.chain(regularizers=...)",
+}
 
 
 class Registry:
@@ -24,6 +30,8 @@ class Registry:
         self.base = base
         self._classes: dict[str, type] = {}
         self._shortcuts: dict[str, Callable[[], Any]] = {}
+        # The registry of the other kind, for messages that say where an object belongs.
+        self.counterpart: Registry | None = None
 
     def add(self, cls: type, *, name: str | None = None) -> type:
         """Registers ``cls`` under ``name`` (default: its class name)."""
@@ -53,6 +61,13 @@ class Registry:
         """Registers a string identifier that builds an object with ``factory()``."""
         self._shortcuts[name] = factory
 
+    def add_builtins(self, table: Any) -> None:
+        """Registers every row of a `jaxcons._builtins` table: its class and identifiers."""
+        for row in table:
+            self.add(row.cls)
+            for name in (row.alias, *row.legacy):
+                self.add_shortcut(name, row.build)
+
     def register(self, cls: type | None = None, *, name: str | None = None) -> Any:
         """Class decorator registering a custom class, with or without ``name=``."""
         if cls is None:
@@ -64,11 +79,26 @@ class Registry:
         return sorted(set(self._classes) | set(self._shortcuts))
 
     def _unknown(self, identifier: Any) -> ValueError:
+        other = self.counterpart
+        if other is not None and identifier in other.names():
+            return ValueError(
+                f"{identifier!r} names a {other.kind}, not a {self.kind}: it belongs in "
+                f"{other.kind} rules. Valid {self.kind} names: {', '.join(self.names())}."
+            )
         return ValueError(
             f"Unknown {self.kind} identifier {identifier!r}. Valid names: "
             f"{', '.join(self.names())}; or register a custom class with "
             f"jaxcons.{self.kind}s.register."
         )
+
+    def _build(self, name: str, factory: Callable[[], Any]) -> Any:
+        try:
+            return factory()
+        except TypeError as e:
+            raise ValueError(
+                f"The {self.kind} identifier {name!r} needs arguments ({e}): build the object "
+                f"(or pass a config {{'class_name': ..., 'config': {{...}}}}) instead."
+            ) from None
 
     def get(self, identifier: Any) -> Any:
         """Turns None, a name, a config dict, an object or a callable into an object."""
@@ -76,12 +106,18 @@ class Registry:
             return None
         if isinstance(identifier, str):
             if identifier in self._shortcuts:
-                return self._shortcuts[identifier]()
+                return self._build(identifier, self._shortcuts[identifier])
             if identifier in self._classes:
-                return self._classes[identifier]()
+                return self._build(identifier, self._classes[identifier])
             raise self._unknown(identifier)
         if isinstance(identifier, dict):
             return self.deserialize(identifier)
+        other = self.counterpart
+        if other is not None and isinstance(identifier, other.base):
+            raise TypeError(
+                f"{identifier!r} is a {other.kind}, not a {self.kind}: it belongs in "
+                f"{other.kind} rules (jaxcons.{_WHERE[other.kind]}), not in {self.kind} rules."
+            )
         if isinstance(identifier, self.base) or callable(identifier):
             if isinstance(identifier, type):
                 raise TypeError(

@@ -9,10 +9,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxcons._leaf_updates import map_governed, update_delta
 from jaxcons._penalties import as_regularizer_rules, leaf_penalty
-from jaxcons._regularizers import check_factor
+from jaxcons._protocol import check_like
 from jaxcons._rules import Rules, RulesLike
-from jaxcons._transforms import map_governed, update_delta
+from jaxcons._validation import factor
 
 __all__ = ["ProximalState", "proximal", "regularize"]
 
@@ -91,7 +92,7 @@ def _check_learning_rate(learning_rate: Any) -> None:
     if callable(learning_rate):
         return
     try:
-        check_factor("learning_rate", learning_rate, positive=True)
+        factor("learning_rate", learning_rate, positive=True)
     except ValueError:
         raise ValueError(
             f"learning_rate must be a finite number > 0 or an optax schedule "
@@ -187,7 +188,9 @@ def proximal(
 
         def prox_step(path: str, r: Any, p: jax.Array, u: jax.Array) -> jax.Array:
             _require_prox(path, r)
-            return update_delta(p, r.prox((p + u).astype(p.dtype), step), u.dtype)
+            x = (p + u).astype(p.dtype)
+            y = check_like(f"The proximal operator of {r!r}", path, x, r.prox(x, step))
+            return update_delta(p, y, u.dtype)
 
         out = map_governed(resolved_rules, updates, params, "proximal", prox_step)
         return out, ProximalState(count=optax.safe_increment(state.count))

@@ -8,37 +8,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 
-from jaxcons._paths import flatten_with_paths, is_masked
 from jaxcons._patterns import compile_pattern
+from jaxcons._tree import describe_leaf, flatten_with_paths, is_floating, is_masked
 
-__all__ = ["Resolution", "Rule", "Rules", "build_rules", "is_floating", "mask"]
+__all__ = ["Resolution", "Rule", "Rules", "RulesLike", "build_rules", "mask"]
 
 RulesLike = Mapping[Any, Any] | Sequence[tuple[Any, Any]]
 
 _CACHE_SIZE = 16
-
-
-def is_floating(leaf: Any) -> bool:
-    """Whether ``leaf`` is a floating-point array or scalar (the leaves rules act on)."""
-    if isinstance(leaf, optax.MaskedNode) or leaf is None:
-        return False
-    dtype = getattr(leaf, "dtype", None)
-    if dtype is None:
-        if isinstance(leaf, bool) or not isinstance(leaf, (int, float, np.generic)):
-            return False
-        dtype = jnp.result_type(leaf)
-    return bool(jnp.issubdtype(dtype, jnp.floating))
-
-
-def _describe_leaf(leaf: Any) -> str:
-    if isinstance(leaf, optax.MaskedNode):
-        return "masked"
-    dtype = getattr(leaf, "dtype", None)
-    return str(dtype) if dtype is not None else type(leaf).__name__
 
 
 class Rule(NamedTuple):
@@ -55,13 +34,11 @@ class Resolution(NamedTuple):
 
     Attributes:
       paths: the path of every leaf, in flattening order.
-      rule_index: for every leaf, the index of the first matching rule, or ``None`` when no rule
-        matches, the rule's value is ``None``, or the leaf is not a floating-point array.
-      values: for every leaf, the value of that rule, or ``None``.
+      values: for every leaf, the value of the first rule matching it, or ``None`` when no
+        rule matches, the rule's value is ``None``, or the leaf is not a floating-point array.
     """
 
     paths: tuple[str, ...]
-    rule_index: tuple[int | None, ...]
     values: tuple[Any, ...]
 
     def active(self) -> Iterator[tuple[int, str, Any]]:
@@ -79,11 +56,19 @@ class Rules:
     rule). Only floating-point array leaves are acted on: integer leaves, ``None`` and
     `optax.MaskedNode` pass through.
 
-    With ``strict=True`` every rule must match at least one floating-point leaf of the tree it
-    is resolved against (leaves masked out by `optax.masked` do not count: a rule that only
-    reaches masked-out leaves would never act); a rule that matches nothing raises a
-    ``ValueError`` naming the pattern and the closest existing paths. A rule shadowed by an
-    earlier rule still counts as matching.
+    With ``strict=True`` every rule must act on at least one floating-point leaf of the tree it
+    is resolved against, or it is a ``ValueError``:
+
+    * a rule that matches nothing names the pattern and the closest existing paths (and
+      suggests ``"Dense_0/**"`` for a pattern ``"Dense_0"`` that names a module);
+    * a rule that matches only leaves masked out by `optax.masked` or non-floating leaves
+      says so;
+    * a rule every one of whose leaves is claimed by an earlier rule (fully shadowed: put the
+      specific rule before the broad one) names both patterns.
+
+    Two leaves whose paths print the same (``{"a/b": x, "a": {"b": y}}``) cannot be told
+    apart by rules, optimizer state or penalties: when a rule governs either, that is a
+    ``ValueError`` naming the path, whatever ``strict`` says.
 
     Resolution runs in Python, once per tree structure (it is cached on the tree definition and
     the leaves' shapes and dtypes), so under `jax.jit` it costs nothing per step.
@@ -173,7 +158,8 @@ class Rules:
     def _resolve(self, flat: list[tuple[str, Any]]) -> Resolution:
         matched_usable = [False] * len(self.entries)
         matched_other: list[list[str]] = [[] for _ in self.entries]
-        rule_index: list[int | None] = []
+        # For every rule, the first rule of each usable leaf it matches ({} once it governs one).
+        claimed_by: list[dict[int, str] | None] = [{} for _ in self.entries]
         values: list[Any] = []
         for path, leaf in flat:
             usable = is_floating(leaf)
@@ -187,27 +173,61 @@ class Rules:
                 if usable:
                     matched_usable[j] = True
                 else:
-                    matched_other[j].append(f"{path} ({_describe_leaf(leaf)})")
+                    matched_other[j].append(f"{path} ({describe_leaf(leaf)})")
                 if first is None:
                     first = j
                     if not self.strict:
                         break
+                    if usable:
+                        claimed_by[j] = None
+                elif usable and claimed_by[j] is not None:
+                    claimed_by[j].setdefault(first, path)
             value = None
             if first is not None and usable:
                 value = self.entries[first].value
                 check = getattr(value, "check", None)
                 if value is not None and callable(check):
                     check(tuple(leaf.shape) if hasattr(leaf, "shape") else (), path)
-            rule_index.append(first if value is not None else None)
             values.append(value)
+        all_paths = [p for p, _ in flat]
+        _check_distinct_paths(all_paths, values)
         if self.strict:
-            all_paths = [p for p, _ in flat]
             for j, rule in enumerate(self.entries):
                 if not matched_usable[j]:
                     raise ValueError(
                         _unmatched_message(self.kind, rule, all_paths, matched_other[j])
                     )
-        return Resolution(tuple(p for p, _ in flat), tuple(rule_index), tuple(values))
+                shadowing = claimed_by[j]
+                if shadowing:
+                    raise ValueError(self._shadowed_message(rule, shadowing))
+        return Resolution(tuple(all_paths), tuple(values))
+
+    def _shadowed_message(self, rule: Rule, shadowing: dict[int, str]) -> str:
+        earlier = ", ".join(
+            f"{self.entries[k].description!r} (e.g. {path!r})" for k, path in shadowing.items()
+        )
+        return (
+            f"{self.kind} rule {rule.description!r} never acts: every parameter it matches is "
+            f"already claimed by the earlier rule {earlier}, and the first matching rule wins. "
+            f"Put the more specific rule {rule.description!r} first, or remove it; "
+            "strict=False allows shadowed rules."
+        )
+
+
+def _check_distinct_paths(paths: list[str], values: list[Any]) -> None:
+    """Raises ``ValueError`` when a governed leaf shares its path with another leaf."""
+    if len(set(paths)) == len(paths):
+        return
+    seen: dict[str, int] = {}
+    for i, path in enumerate(paths):
+        j = seen.setdefault(path, i)
+        if j != i and (values[i] is not None or values[j] is not None):
+            raise ValueError(
+                f"Two parameters have the same path {path!r} (a dict key containing '/' next "
+                "to nested keys that spell the same path, e.g. {'a/b': x, 'a': {'b': y}}): "
+                "rules, optimizer state and penalties are keyed by path and cannot tell them "
+                "apart. Rename one of the keys."
+            )
 
 
 def build_rules(
@@ -260,7 +280,16 @@ def _unmatched_message(kind: str, rule: Rule, all_paths: list[str], others: list
     elif not all_paths:
         msg += " (the tree has no leaves)"
     else:
-        query = rule.description if isinstance(rule.pattern, str) else ""
+        pattern = rule.pattern
+        if isinstance(pattern, str) and not pattern.startswith("re:"):
+            _, below = compile_pattern(pattern.rstrip("/") + "/**")
+            if any(below(p, None) for p in all_paths):
+                suggestion = pattern.rstrip("/") + "/**"
+                return (
+                    f"{msg}: {pattern!r} names a module, not a parameter. To cover its "
+                    f"parameters, use {suggestion!r}."
+                )
+        query = rule.description if isinstance(pattern, str) else ""
         query = query[3:] if query.startswith("re:") else query
         close = difflib.get_close_matches(query, all_paths, n=3, cutoff=0.0) if query else []
         close = close or all_paths[:3]

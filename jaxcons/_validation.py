@@ -1,14 +1,30 @@
-"""Validation of hyper-parameters, shared by every constraint, regularizer and transform."""
+"""Validation of arguments, shared by every constraint, regularizer and transform."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
-__all__ = ["positive_int", "real_number"]
+__all__ = [
+    "Axis",
+    "axis_argument",
+    "axis_config",
+    "factor",
+    "optional_bool",
+    "positive_int",
+    "real_number",
+    "resolve_axes",
+]
+
+Axis = int | tuple[int, ...] | None
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
 def _is_real_scalar(value: Any) -> bool:
@@ -37,14 +53,16 @@ def real_number(
       minimum: the smallest allowed value (``None``: no bound).
       strict: require ``> minimum`` instead of ``>= minimum``.
 
+    Returns:
+      The value as a Python float.
+
     Raises:
       ValueError: naming the argument and the value.
     """
     if isinstance(value, jax.core.Tracer):
         raise ValueError(
             f"{name} must be a concrete number when the object is built, got a traced value "
-            f"{value!r}: hyper-parameters are static (use an optax schedule for a changing "
-            f"learning rate)."
+            f"{value!r}: hyper-parameters are static; build the object outside jax.jit."
         )
     if not _is_real_scalar(value):
         raise ValueError(f"{name} must be a real number, got {value!r}.")
@@ -56,8 +74,87 @@ def real_number(
     return v
 
 
+def factor(name: str, value: Any, *, positive: bool = False) -> float:
+    """Validates a regularization factor or step size (finite, ``>= 0``; ``> 0`` if positive)."""
+    return real_number(name, value, minimum=0.0, strict=positive)
+
+
 def positive_int(name: str, value: Any) -> int:
     """Validates a positive integer hyper-parameter (``bool`` rejected) and returns it."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not _is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}.")
     return int(value)
+
+
+def optional_bool(name: str, value: Any) -> bool | None:
+    """Validates an option that is ``True``, ``False`` or ``None`` (the default behaviour)."""
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"{name} must be True, False or None, got {value!r}.")
+    return value
+
+
+def axis_argument(axis: Any) -> Axis:
+    """Validates an ``axis`` constructor argument.
+
+    Args:
+      axis: an int, a non-empty list/tuple of ints, or ``None`` (every axis: the whole
+        tensor is one slice, as Keras configs may say).
+
+    Returns:
+      The axis as a Python int, a tuple of Python ints, or ``None``.
+
+    Raises:
+      ValueError: naming the value, for anything else.
+    """
+    if axis is None:
+        return None
+    if _is_int(axis):
+        return int(axis)
+    if isinstance(axis, (list, tuple)) and axis and all(_is_int(a) for a in axis):
+        return tuple(int(a) for a in axis)
+    raise ValueError(f"axis must be an int, a non-empty list/tuple of ints, or None, got {axis!r}.")
+
+
+def axis_config(axis: Axis) -> int | list[int] | None:
+    """``axis`` as a (JSON-safe) config value: a tuple becomes a list."""
+    return list(axis) if isinstance(axis, tuple) else axis
+
+
+def resolve_axes(axis: Axis, shape: Sequence[int], path: str, owner: str) -> tuple[int, ...]:
+    """Turns ``axis`` into sorted non-negative axes for an array of ``shape``.
+
+    Args:
+      axis: an int or a tuple of ints, negative ones counting from the end; ``None`` for
+        every axis.
+      shape: the shape of the parameter.
+      path: the parameter's path, for messages (``"<array>"`` on a direct call).
+      owner: the class name of the constraint or regularizer, for messages.
+
+    Returns:
+      The axes, each in ``[0, len(shape))``, sorted.
+
+    Raises:
+      ValueError: naming the axis, the path and the shape, when an axis is out of range or
+        two entries name the same axis.
+    """
+    ndim = len(shape)
+    shape = tuple(shape)
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else axis
+    shown = axis if isinstance(axis, int) else list(axis)
+    out = []
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ValueError(
+                f"{owner} axis={shown!r}: axis {a} is out of range for parameter {path!r} of "
+                f"shape {shape} (rank {ndim})."
+            )
+        a %= ndim
+        if a in out:
+            raise ValueError(
+                f"{owner} axis={shown!r} names axis {a} twice for parameter {path!r} of "
+                f"shape {shape}."
+            )
+        out.append(a)
+    return tuple(sorted(out))

@@ -9,66 +9,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from jaxcons._constraint import Constraint, StatefulConstraint
-from jaxcons._constraints import Clip, MaxNorm, MinMaxNorm, NonNeg, RadialConstraint, UnitNorm
+from jaxcons import _builtins, regularizers
+from jaxcons._protocol import Constraint, StatefulConstraint
 from jaxcons._registry import Registry
-from jaxcons._spectral import SpectralNorm
-
-__all__ = [
-    "Clip",
-    "Constraint",
-    "MaxNorm",
-    "MinMaxNorm",
-    "NonNeg",
-    "RadialConstraint",
-    "SpectralNorm",
-    "StatefulConstraint",
-    "UnitNorm",
-    "deserialize",
-    "get",
-    "max_norm",
-    "min_max_norm",
-    "non_neg",
-    "radial_constraint",
-    "register",
-    "serialize",
-    "spectral_norm",
-    "unit_norm",
-]
-
-# Keras's shortcut names (and one for SpectralNorm, which Keras lacks).
-max_norm = MaxNorm
-min_max_norm = MinMaxNorm
-non_neg = NonNeg
-unit_norm = UnitNorm
-radial_constraint = RadialConstraint
-spectral_norm = SpectralNorm
 
 _registry = Registry("constraint", Constraint)
-for _cls in (
-    Constraint,
-    Clip,
-    MaxNorm,
-    MinMaxNorm,
-    NonNeg,
-    RadialConstraint,
-    SpectralNorm,
-    UnitNorm,
-):
-    _registry.add(_cls)
-for _name, _factory in {
-    "max_norm": MaxNorm,
-    "min_max_norm": MinMaxNorm,
-    "non_neg": NonNeg,
-    "unit_norm": UnitNorm,
-    "radial_constraint": RadialConstraint,
-    "spectral_norm": SpectralNorm,
-    # tf.keras 2.x legacy names.
-    "maxnorm": MaxNorm,
-    "nonneg": NonNeg,
-    "unitnorm": UnitNorm,
-}.items():
-    _registry.add_shortcut(_name, _factory)
+_registry.add(Constraint)
+_registry.add_builtins(_builtins.CONSTRAINTS)
+_registry.counterpart = regularizers._registry
+regularizers._registry.counterpart = _registry
+
+globals().update(_builtins.public_names(_builtins.CONSTRAINTS))
+
+__all__ = [
+    "Constraint",
+    "StatefulConstraint",
+    "deserialize",
+    "get",
+    "register",
+    "serialize",
+]
+__all__ += list(_builtins.public_names(_builtins.CONSTRAINTS))  # The built-ins, from their table.
+__all__.sort()
 
 
 def get(identifier: Any) -> Any:
@@ -76,17 +38,17 @@ def get(identifier: Any) -> Any:
 
     Args:
       identifier: ``None``; a class name (``"MaxNorm"``) or snake_case name (``"max_norm"``,
-        ``"min_max_norm"``, ``"non_neg"``, ``"unit_norm"``, ``"radial_constraint"``,
-        ``"spectral_norm"``, and tf.keras's legacy ``"maxnorm"``, ``"nonneg"``,
-        ``"unitnorm"``), built with its defaults; a dict from `serialize`; a `Constraint`;
-        or any callable ``w -> w``.
+        ``"non_neg"``, ...; tf.keras's legacy ``"maxnorm"``, ``"nonneg"``, ``"unitnorm"``),
+        built with its defaults; a dict from `serialize`; a `Constraint`; or any callable
+        ``w -> w``.
 
     Returns:
       The constraint, or ``None`` for ``None``.
 
     Raises:
-      ValueError: for an unknown name, listing the valid ones.
-      TypeError: for anything else.
+      ValueError: for an unknown name (listing the valid ones; a regularizer's name is said
+        to be one), or a name whose class needs arguments.
+      TypeError: for a regularizer object, a class instead of an instance, or anything else.
 
     Example:
       >>> import jaxcons

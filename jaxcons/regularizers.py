@@ -14,46 +14,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from jaxcons import _builtins
+from jaxcons._protocol import Regularizer
 from jaxcons._registry import Registry
-from jaxcons._regularizer import Regularizer
-from jaxcons._regularizers import L1, L1L2, L2, GroupLasso, OrthogonalRegularizer
+
+_registry = Registry("regularizer", Regularizer)
+_registry.add(Regularizer)
+_registry.add_builtins(_builtins.REGULARIZERS)
+
+globals().update(_builtins.public_names(_builtins.REGULARIZERS))
 
 __all__ = [
-    "GroupLasso",
-    "L1",
-    "L1L2",
-    "L2",
-    "OrthogonalRegularizer",
     "Regularizer",
     "deserialize",
     "get",
-    "group_lasso",
-    "l1",
-    "l1_l2",
-    "l2",
-    "orthogonal_regularizer",
     "register",
     "serialize",
 ]
-
-l1 = L1
-l2 = L2
-l1_l2 = L1L2
-orthogonal_regularizer = OrthogonalRegularizer
-group_lasso = GroupLasso
-
-_registry = Registry("regularizer", Regularizer)
-for _cls in (Regularizer, L1, L2, L1L2, OrthogonalRegularizer, GroupLasso):
-    _registry.add(_cls)
-for _name, _factory in {
-    "l1": L1,
-    "l2": L2,
-    # Keras 3 rejects this documented identifier; we give what its documentation promises.
-    "l1_l2": lambda: L1L2(l1=0.01, l2=0.01),
-    "orthogonal_regularizer": OrthogonalRegularizer,
-    "group_lasso": GroupLasso,
-}.items():
-    _registry.add_shortcut(_name, _factory)
+__all__ += list(_builtins.public_names(_builtins.REGULARIZERS))  # The built-ins, from their table.
+__all__.sort()
 
 
 def get(identifier: Any) -> Any:

@@ -10,10 +10,10 @@ import jax
 from flax import nnx
 from flax.core import meta
 
-from jaxcons._paths import path_str
+from jaxcons._constrain import as_constraint_rules
 from jaxcons._penalties import as_regularizer_rules
 from jaxcons._rules import Rules, RulesLike
-from jaxcons._transforms import as_constraint_rules
+from jaxcons._tree import is_floating, path_str
 from jaxcons.flax._boxes import Constrained
 
 __all__ = [
@@ -56,6 +56,31 @@ def _box_declaration(box: meta.AxisMetadata, key: str) -> Any:
     return None
 
 
+def _nodes(x: Any) -> list[tuple[str, Any, Any]]:
+    """``(path, node, leaf)`` for every parameter of ``x``: ``node`` is its nnx ``Variable``
+    or metadata box (``None`` for a plain leaf), ``leaf`` the unboxed value."""
+    if isinstance(x, nnx.Module):
+        x = nnx.state(x)
+    nodes, _ = jax.tree_util.tree_flatten_with_path(x, is_leaf=_is_node)
+    out = []
+    for keypath, node in nodes:
+        if isinstance(node, nnx.Variable):
+            out.append((path_str(keypath), node, node.get_value()))
+        elif isinstance(node, meta.AxisMetadata):
+            out.append((path_str(keypath), node, meta.unbox(node)))
+        else:
+            out.append((path_str(keypath), None, node))
+    return out
+
+
+def _declaration(node: Any, key: str) -> Any:
+    if isinstance(node, nnx.Variable):
+        return node.get_metadata().get(key)
+    if isinstance(node, meta.AxisMetadata):
+        return _box_declaration(node, key)
+    return None
+
+
 def declared(x: Any, key: str) -> list[tuple[str, Any, Any]]:
     """Lists ``(path, value, leaf)`` for every parameter of ``x`` declaring ``key``.
 
@@ -67,22 +92,32 @@ def declared(x: Any, key: str) -> list[tuple[str, Any, Any]]:
     Returns:
       The declarations, in the tree's flattening order; paths are those of the unboxed tree.
     """
-    if isinstance(x, nnx.Module):
-        x = nnx.state(x)
-    nodes, _ = jax.tree_util.tree_flatten_with_path(x, is_leaf=_is_node)
     out = []
-    for keypath, node in nodes:
-        if isinstance(node, nnx.Variable):
-            value = node.get_metadata().get(key)
-            leaf = node.get_value()
-        elif isinstance(node, meta.AxisMetadata):
-            value = _box_declaration(node, key)
-            leaf = meta.unbox(node)
-        else:
-            continue
+    for path, node, leaf in _nodes(x):
+        value = _declaration(node, key)
         if value is not None:
-            out.append((path_str(keypath), value, leaf))
+            out.append((path, value, leaf))
     return out
+
+
+def _drop_overridden(
+    first: list[Any], second: list[Any], leaves: list[tuple[str, Any]]
+) -> list[Any]:
+    """The rules of ``second`` (Rule entries) that still act on some leaf after ``first``.
+
+    A rule of ``second`` that matches at least one parameter, every one of which a rule of
+    ``first`` already claims, would never act: jaxcons put it there itself (the losing side
+    of ``prefer=``, or a declaration repeated by an equal explicit rule), so it is dropped
+    rather than reported as shadowed. A rule that matches nothing is kept, so that strict
+    resolution still reports it.
+    """
+    kept = []
+    for rule in second:
+        hits = [(p, leaf) for p, leaf in leaves if rule.predicate(p, leaf)]
+        if hits and all(any(r.predicate(p, leaf) for r in first) for p, leaf in hits):
+            continue
+        kept.append(rule)
+    return kept
 
 
 def _combine(
@@ -97,18 +132,16 @@ def _combine(
         raise ValueError(f"prefer must be None, 'declared' or 'explicit', got {prefer!r}.")
     decls = declared(x, key)
     decl_rules = as_rules([(exact_pattern(p), v) for p, v, _ in decls], strict=False)
-    declared_pairs = [(r.pattern, r.value) for r in decl_rules.entries]
     if explicit is None:
-        return declared_pairs
+        return [(r.pattern, r.value) for r in decl_rules.entries]
     expl = as_rules(explicit, strict=False)
-    explicit_pairs = [(r.pattern, r.value) for r in expl.entries]
     if prefer is None:
         conflicts = []
-        for (path, _, leaf), (_, value) in zip(decls, declared_pairs, strict=True):
+        for (path, _, leaf), decl in zip(decls, decl_rules.entries, strict=True):
             rule = next((r for r in expl.entries if r.predicate(path, leaf)), None)
-            if rule is not None:
+            if rule is not None and rule.value != decl.value:
                 conflicts.append(
-                    f"{path!r} (declared {value!r}; explicit rule {rule.description!r}: "
+                    f"{path!r} (declared {decl.value!r}; explicit rule {rule.description!r}: "
                     f"{rule.value!r})"
                 )
         if conflicts:
@@ -117,9 +150,12 @@ def _combine(
                 f"too: {'; '.join(conflicts)}. Say which wins with prefer='declared' or "
                 "prefer='explicit'."
             )
+    first, second = decl_rules.entries, expl.entries
     if prefer == "explicit":
-        return explicit_pairs + declared_pairs
-    return declared_pairs + explicit_pairs
+        first, second = second, first
+    leaves = [(p, leaf) for p, _, leaf in _nodes(x) if is_floating(leaf)]
+    combined = list(first) + _drop_overridden(list(first), list(second), leaves)
+    return [(r.pattern, r.value) for r in combined]
 
 
 def constraint_rules(
@@ -136,9 +172,12 @@ def constraint_rules(
     ``nnx.state(model, nnx.Param)`` for nnx). Strict resolution then catches a mismatch.
 
     ``explicit`` rules are appended. A parameter that declares a constraint and also matches
-    an explicit rule (even one whose value is ``None``) is an error unless ``prefer`` says
-    which wins: ``"declared"`` puts the declared rules first, ``"explicit"`` the explicit ones
-    (first match wins).
+    an explicit rule holding a different value (even ``None``) is an error unless ``prefer``
+    says which wins: ``"declared"`` puts the declared rules first, ``"explicit"`` the explicit
+    ones (first match wins). An explicit rule equal to the declaration is no conflict (so
+    passing ``constraint_rules(variables)`` again as explicit rules is harmless). Rules that
+    would never act after this combination (the losing side of ``prefer=`` on every
+    parameter they match) are left out, so the result passes strict resolution.
 
     Args:
       x: a linen variables or params tree, an nnx ``Module`` or an nnx ``State``.

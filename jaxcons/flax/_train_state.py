@@ -11,9 +11,9 @@ from flax.core import meta
 from flax.linen.fp8_ops import OVERWRITE_WITH_GRADIENT
 from flax.training import train_state
 
+from jaxcons._constrain import ConstrainState, as_constraint_rules, constrain
 from jaxcons._penalties import as_regularizer_rules, penalties, penalty
 from jaxcons._rules import Rules, RulesLike
-from jaxcons._transforms import ConstrainState, as_constraint_rules, constrain
 from jaxcons.flax._declared import constraint_rules, regularizer_rules
 
 __all__ = ["TrainState"]
@@ -76,6 +76,7 @@ class TrainState(train_state.TrainState):
         regularizers: RulesLike | None = None,
         prefer: str | None = None,
         strict: bool = True,
+        scratch: bool | None = None,
         **kwargs: Any,
     ) -> TrainState:
         """Creates a state with ``step=0``, initialising ``tx`` and the constraints.
@@ -93,7 +94,8 @@ class TrainState(train_state.TrainState):
           prefer: which wins for a parameter with both a declared and an explicit rule:
             ``None`` (an error), ``"declared"`` or ``"explicit"``; see
             `jaxcons.flax.constraint_rules`.
-          strict: raise if a rule matches no floating-point parameter (default).
+          strict: raise if a rule acts on no floating-point parameter (default).
+          scratch: `jaxcons.constrain`'s CPU scratch buffer (off by default).
           **kwargs: further fields of a subclass.
 
         Returns:
@@ -110,7 +112,7 @@ class TrainState(train_state.TrainState):
             regularizer_rules(params, regularizers, prefer=prefer), strict=strict
         )
         r_rules.resolve(plain)  # Validate now: strictness and shape checks.
-        constraint_tx = constrain(c_rules, strict=strict)
+        constraint_tx = constrain(c_rules, strict=strict, scratch=scratch)
         return super().create(
             apply_fn=apply_fn,
             params=params,

@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
-from jaxcons._norms import accumulation_dtype, safe_norm
+from jaxcons._numerics import accumulation_dtype, safe_norm
 
 __all__ = [
     "add_penalties",

@@ -29,3 +29,26 @@ def safe_norm(x: jax.Array, axes: Any) -> jax.Array:
     sq = jnp.sum(jnp.square(x), axis=axes, keepdims=True)
     nonzero = sq > 0
     return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1)), 0)
+
+
+def inward_bounds(
+    lower: float | None, upper: float | None, dtype: Any
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The box ``[lower, upper]`` as scalars of ``dtype``, rounded inward for narrow floats.
+
+    For bfloat16 and float16 a bound that the dtype cannot represent is rounded towards the
+    inside of the box (``0.3`` becomes the bf16 just below it), so a clipped value never lies
+    outside the box in exact arithmetic. Wider dtypes round to nearest, as ``jnp.clip`` does.
+    """
+    dtype = np.dtype(dtype)
+    narrow = jnp.finfo(dtype).bits < 32
+
+    def cast(bound: float | None, toward: float) -> np.ndarray | None:
+        if bound is None:
+            return None
+        value = np.asarray(bound, dtype)
+        if narrow and float(value) != bound and (float(value) - bound) * toward < 0:
+            value = np.nextafter(value, np.asarray(toward * np.inf, dtype))
+        return value
+
+    return cast(lower, 1.0), cast(upper, -1.0)

@@ -1,4 +1,4 @@
-"""The built-in regularizers: thin classes over the pure math in `jaxcons._regularizer_ops`."""
+"""The built-in weight regularizers: thin classes over the math in `jaxcons._penalty_math`."""
 
 from __future__ import annotations
 
@@ -7,17 +7,12 @@ from typing import Any, Literal
 
 import jax
 
-from jaxcons import _regularizer_ops as ops
-from jaxcons._projections import axis_argument, resolve_axes
-from jaxcons._regularizer import Regularizer
-from jaxcons._validation import real_number
+from jaxcons import _penalty_math as ops
+from jaxcons._protocol import Regularizer
+from jaxcons._validation import axis_argument, axis_config, resolve_axes
+from jaxcons._validation import factor as check_factor
 
-__all__ = ["GroupLasso", "L1", "L1L2", "L2", "OrthogonalRegularizer", "check_factor"]
-
-
-def check_factor(name: str, value: Any, *, positive: bool = False) -> float:
-    """Validates a regularization factor (finite, ``>= 0``; ``> 0`` if ``positive``)."""
-    return real_number(name, value, minimum=0.0, strict=positive)
+__all__ = ["GroupLasso", "L1", "L1L2", "L2", "OrthogonalRegularizer"]
 
 
 class L1(Regularizer):
@@ -220,7 +215,7 @@ class GroupLasso(Regularizer):
       Array(5., dtype=float32)
     """
 
-    def __init__(self, factor: float = 0.01, axis: int | Sequence[int] = 0):
+    def __init__(self, factor: float = 0.01, axis: int | Sequence[int] | None = 0):
         self.factor = check_factor("factor", factor)
         self.axis = axis_argument(axis)
 
@@ -238,5 +233,4 @@ class GroupLasso(Regularizer):
         return ops.prox_group_lasso(x, step, self.factor, axes)
 
     def get_config(self) -> dict[str, Any]:
-        axis = self.axis if isinstance(self.axis, int) else list(self.axis)
-        return {"factor": self.factor, "axis": axis}
+        return {"factor": self.factor, "axis": axis_config(self.axis)}

@@ -1,4 +1,4 @@
-"""Parameter paths: the `/`-joined names that rules match against."""
+"""Tree helpers below everything else: parameter paths and the leaves rules act on."""
 
 from __future__ import annotations
 
@@ -6,9 +6,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
-__all__ = ["flatten_with_paths", "is_masked", "key_name", "path_str", "paths"]
+__all__ = [
+    "describe_leaf",
+    "flatten_with_paths",
+    "is_floating",
+    "is_masked",
+    "is_single_floating_array",
+    "key_name",
+    "path_str",
+    "paths",
+]
 
 # Attribute names that flax uses for the payload of a metadata box (linen `nn.Partitioned`,
 # `nn.LogicallyPartitioned`, jaxcons' own boxes) or of an nnx `Variable`: trailing attribute
@@ -94,3 +105,39 @@ def paths(tree: Any) -> list[str]:
     """
     flat, _ = flatten_with_paths(tree)
     return [p for p, _ in flat]
+
+
+def is_floating(leaf: Any) -> bool:
+    """Whether ``leaf`` is a floating-point array or scalar (the leaves rules act on)."""
+    if isinstance(leaf, optax.MaskedNode) or leaf is None:
+        return False
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None:
+        if isinstance(leaf, bool) or not isinstance(leaf, (int, float, np.generic)):
+            return False
+        dtype = jnp.result_type(leaf)
+    return bool(jnp.issubdtype(dtype, jnp.floating))
+
+
+def describe_leaf(leaf: Any) -> str:
+    """A short description of a leaf for messages: its dtype, ``masked`` or its type."""
+    if isinstance(leaf, optax.MaskedNode):
+        return "masked"
+    dtype = getattr(leaf, "dtype", None)
+    return str(dtype) if dtype is not None else type(leaf).__name__
+
+
+def is_single_floating_array(owner: Any, x: Any) -> bool:
+    """Whether ``x`` is one array (rather than a pytree of them) that ``owner`` can act on.
+
+    Raises:
+      TypeError: naming ``owner``'s class and the dtype, for a single non-floating array.
+    """
+    if not isinstance(x, (jax.Array, np.ndarray, np.generic, float, int)):
+        return False
+    if not is_floating(x):
+        raise TypeError(
+            f"{type(owner).__name__} acts on floating-point arrays; got an array of "
+            f"dtype {getattr(x, 'dtype', type(x).__name__)}."
+        )
+    return True

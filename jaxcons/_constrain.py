@@ -1,0 +1,229 @@
+"""`constrain` (an optax transform) and `apply_constraints` (the direct projection)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxcons import _scratch, constraints
+from jaxcons._leaf_updates import map_governed, update_delta
+from jaxcons._numerics import inward_bounds
+from jaxcons._protocol import Constraint, FunctionConstraint, call_leaf, project_leaf
+from jaxcons._rules import Rules, RulesLike, build_rules
+from jaxcons._tree import is_masked
+from jaxcons._validation import optional_bool
+
+__all__ = ["ConstrainState", "apply_constraints", "as_constraint_rules", "constrain"]
+
+
+class ConstrainState(NamedTuple):
+    """State of `constrain`.
+
+    Its structure depends only on the rules and the parameters, never on the backend: a
+    checkpoint written on GPU restores on CPU and vice versa, and a rule set without stateful
+    constraints holds no arrays at all.
+
+    Attributes:
+      constraint_states: ``{path: state}`` for every parameter whose constraint keeps state
+        (e.g. the power-iteration vector of `SpectralNorm`); constraints whose ``init``
+        returns `optax.EmptyState` have no entry.
+      scratch: ``{path: buffer}`` with ``constrain(..., scratch=True)`` (an opt-in CPU speed
+        option): a buffer of the parameter's shape and dtype for every parameter whose
+        constraint is not elementwise, holding the last unprojected ``params + updates``;
+        empty otherwise. No result depends on its contents.
+    """
+
+    constraint_states: dict[str, Any]
+    scratch: dict[str, jax.Array] = {}  # noqa: RUF012 (shared but never mutated)
+
+
+def _as_constraint(identifier: Any) -> Constraint:
+    """`jaxcons.constraints.get`, with a plain callable wrapped in a `Constraint`."""
+    c = constraints.get(identifier)
+    return c if isinstance(c, Constraint) else FunctionConstraint(c)
+
+
+def as_constraint_rules(rules: RulesLike | Rules, *, strict: bool | None = None) -> Rules:
+    """Builds `Rules` whose values are `Constraint` objects (names, configs and plain
+    callables are turned into constraints; a regularizer is a ``TypeError``)."""
+    return build_rules(rules, coerce=_as_constraint, strict=strict, kind="constraint")
+
+
+def _feasible_delta(c: Constraint, p: jax.Array, y: jax.Array, u_dtype: Any) -> jax.Array:
+    """`update_delta`, corrected so that elementwise-box constraints land inside their box.
+
+    ``optax.apply_updates`` computes ``p + t`` in the wider dtype and casts the sum back to
+    ``p.dtype``, so ``p + (y - p)`` is ``y`` only up to rounding. Where that sum rounds out of
+    the box, the difference taken in ``p``'s own dtype and moved one ulp back inside is used
+    instead: in a single dtype the overshoot is at most half the spacing of ``t`` on the side
+    it was rounded to, so from a feasible ``p`` one step lands inside. Where neither lands
+    inside (only possible when ``p`` itself is far outside a narrow box), the one that lands
+    closer to the box is kept.
+    """
+    t = update_delta(p, y, u_dtype)
+    if c.elementwise_bounds is None:
+        return t
+    lo, hi = inward_bounds(*c.elementwise_bounds, p.dtype)
+    wide = jnp.promote_types(p.dtype, u_dtype)
+
+    def lands(delta: jax.Array) -> jax.Array:  # What optax.apply_updates computes.
+        return (p.astype(wide) + delta.astype(wide)).astype(p.dtype)
+
+    def excess(z: jax.Array) -> jax.Array:  # How far outside the box (0 inside).
+        out = jnp.zeros(z.shape, z.dtype)
+        if hi is not None:
+            out = jnp.maximum(out, z - hi)
+        if lo is not None:
+            out = jnp.maximum(out, lo - z)
+        return out
+
+    fallback = y - p
+    landed = lands(fallback)
+    if hi is not None:
+        down = jnp.nextafter(fallback, jnp.array(-jnp.inf, p.dtype))
+        fallback = jnp.where(landed > hi, down, fallback)
+    if lo is not None:
+        up = jnp.nextafter(fallback, jnp.array(jnp.inf, p.dtype))
+        fallback = jnp.where(landed < lo, up, fallback)
+    better = excess(lands(fallback)) < excess(lands(t))
+    return jnp.where(better, fallback.astype(u_dtype), t)
+
+
+def constrain(
+    rules: RulesLike | Rules, *, strict: bool | None = None, scratch: bool | None = None
+) -> optax.GradientTransformation:
+    """Projects parameters onto their constraints after each update.
+
+    Place it last in `optax.chain` (`jaxcons.chain` does): ``update(updates, state, params)``
+    returns updates ``u'`` such that ``optax.apply_updates(params, u')`` is the projection of
+    ``params + updates``:
+
+    .. math:: u' = P(p + u) - p
+
+    Parameters no rule governs keep their updates untouched. Each governed parameter goes
+    through its constraint's ``project(x, state)``; constraints with state (`SpectralNorm`)
+    keep it in this transform's `ConstrainState`. Every projected leaf is checked to keep
+    its parameter's shape and dtype.
+
+    Floating point: ``p + (P(x) - p)`` is not always bit-exactly ``P(x)``. Elementwise-box
+    constraints (`NonNeg`, `Clip`) are corrected so that, from feasible ``params``, the applied
+    parameters are exactly feasible; norm bounds (`MaxNorm`, `UnitNorm`, ...) may be exceeded
+    by a few ulps. Use `apply_constraints` for an exact projection (and on initial weights).
+
+    Speed: an elementwise constraint fuses into the kernel that ``optax.apply_updates`` runs.
+    A constraint with a reduction (the column norms of `MaxNorm`) makes XLA keep
+    ``x = p + u`` in a parameter-sized temporary; on GPU and TPU that costs next to nothing,
+    on CPU ``scratch=True`` turns it into reused, donated memory (see ``jaxcons._scratch`` and
+    ``benchmarks/train_step.py``) at the price of a state that holds one more copy of those
+    parameters and whose structure follows the setting.
+
+    Args:
+      rules: ``{pattern: constraint}`` or ``[(pattern, constraint), ...]``; first match wins.
+        Constraints may be `Constraint` objects, plain callables, names or config dicts.
+      strict: raise if a rule acts on no floating-point parameter (it matches nothing, or
+        every parameter it matches is claimed by an earlier rule). ``None`` (default):
+        ``True``, or the setting of a `Rules` object passed as ``rules``.
+      scratch: keep a scratch buffer in the state for every parameter whose constraint does
+        not declare ``elementwise_bounds``: ``False`` or ``None`` (default, off: the state's
+        structure is the same on every backend) or ``True`` (a CPU speed option for steps
+        that donate their optimizer state).
+
+    Returns:
+      An `optax.GradientTransformation` whose state is a `ConstrainState`.
+
+    Raises:
+      ValueError: when built, for a ``scratch`` that is not ``True``, ``False`` or ``None``;
+        at ``init``/``update`` when a rule acts on nothing (``strict=True``) or a constraint
+        cannot act on a parameter's shape; at ``update`` when ``params`` is missing, the
+        updates are not structured like them, or a constraint's output has the wrong shape
+        or dtype.
+      TypeError: when built, for a regularizer given as a constraint.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, jaxcons
+      >>> params = {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)}
+      >>> tx = optax.chain(optax.sgd(1.0), jaxcons.constrain({"bias": jaxcons.NonNeg()}))
+      >>> state = tx.init(params)
+      >>> grads = {"kernel": jnp.zeros((2, 2)), "bias": jnp.array([1.0, -1.0])}
+      >>> updates, state = tx.update(grads, state, params)
+      >>> optax.apply_updates(params, updates)["bias"]
+      Array([0., 1.], dtype=float32)
+      >>> state[1]
+      ConstrainState(constraint_states={}, scratch={})
+    """
+    use_scratch = bool(optional_bool("scratch", scratch))
+    resolved_rules = as_constraint_rules(rules, strict=strict)
+
+    def init_fn(params: optax.Params) -> ConstrainState:
+        resolution = resolved_rules.resolve(params)
+        leaves = jax.tree_util.tree_leaves(params, is_leaf=is_masked)
+        active = list(resolution.active())
+        states = {}
+        for i, path, c in active:
+            s = c.init(jnp.asarray(leaves[i]))
+            if not isinstance(s, optax.EmptyState):
+                states[path] = s
+        buffers = _scratch.new_buffers(active, leaves) if use_scratch else {}
+        return ConstrainState(constraint_states=states, scratch=buffers)
+
+    def update_fn(
+        updates: optax.Updates, state: ConstrainState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, ConstrainState]:
+        new_states = dict(state.constraint_states)
+        new_scratch = dict(state.scratch)
+
+        def project(path: str, c: Constraint, p: jax.Array, u: jax.Array) -> jax.Array:
+            x = (p + u).astype(p.dtype)
+            if path in state.scratch:
+                x = new_scratch[path] = _scratch.write(state.scratch[path], x)
+            leaf_state = state.constraint_states.get(path, optax.EmptyState())
+            y, leaf_state = project_leaf(c, path, x, leaf_state)
+            if path in state.constraint_states:
+                new_states[path] = leaf_state
+            return _feasible_delta(c, p, y, u.dtype)
+
+        out = map_governed(resolved_rules, updates, params, "constrain", project)
+        return out, ConstrainState(constraint_states=new_states, scratch=new_scratch)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def apply_constraints(
+    params: optax.Params, rules: RulesLike | Rules, *, strict: bool | None = None
+) -> optax.Params:
+    """Applies constraints to ``params`` directly: the exact projection.
+
+    Use it on initial weights, or after ``optax.apply_updates`` in a hand-written loop.
+    Every constraint uses its exact ``__call__`` (`SpectralNorm` computes the exact largest
+    singular value), checked to keep each parameter's shape and dtype.
+
+    Args:
+      params: the parameter pytree.
+      rules: ``{pattern: constraint}`` or ``[(pattern, constraint), ...]``; first match wins.
+      strict: raise if a rule acts on no floating-point parameter. ``None`` (default):
+        ``True``, or the setting of a `Rules` object passed as ``rules``.
+
+    Returns:
+      A pytree like ``params`` with every governed leaf projected.
+
+    Raises:
+      ValueError: when a rule acts on no floating-point parameter (strict), a constraint
+        cannot act on a parameter's shape (an ``axis`` out of range, naming the path), or a
+        constraint returns an array of another shape or dtype.
+      TypeError: for a regularizer given as a constraint.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxcons
+      >>> params = {"kernel": jnp.array([[3.0], [4.0]])}
+      >>> jaxcons.apply_constraints(params, {"kernel": jaxcons.MaxNorm(1.0)})["kernel"]
+      Array([[0.6],
+             [0.8]], dtype=float32)
+    """
+    resolution = as_constraint_rules(rules, strict=strict).resolve(params)
+    leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=is_masked)
+    for i, path, c in resolution.active():
+        leaves[i] = call_leaf(c, path, jnp.asarray(leaves[i]))
+    return jax.tree_util.tree_unflatten(treedef, leaves)

@@ -1,0 +1,99 @@
+"""The per-leaf body shared by the transforms that act on ``params + updates``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxcons._rules import Rules
+from jaxcons._tree import is_masked, path_str
+
+__all__ = ["map_governed", "require_params", "update_delta"]
+
+
+def require_params(params: optax.Params | None, transform: str) -> optax.Params:
+    """Returns ``params``, or raises ``ValueError`` naming ``transform`` when they are missing."""
+    if params is None:
+        raise ValueError(
+            f"jaxcons.{transform} needs the current params: call "
+            "tx.update(updates, state, params) (optax.chain passes them on)."
+        )
+    return params
+
+
+def _node_children(x: Any) -> list[tuple[Any, Any]]:
+    if jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(x, is_leaf=is_masked)):
+        return []
+    children, _ = jax.tree_util.tree_flatten_with_path(x, is_leaf=lambda n: n is not x)
+    return [(keypath[0], child) for keypath, child in children]
+
+
+def _first_mismatch(a: Any, b: Any, keys: tuple[Any, ...] = ()) -> str:
+    """Where two pytrees first differ in container type or keys, for a message."""
+    where = repr(path_str(keys)) if keys else "the top level"
+    if type(a) is not type(b):
+        return f"at {where} the params have a {type(a).__name__}, the updates a {type(b).__name__}"
+    ca, cb = _node_children(a), _node_children(b)
+    ka, kb = [k for k, _ in ca], [k for k, _ in cb]
+    if ka != kb:
+        return f"at {where} the params have children {ka}, the updates {kb}"
+    for (k, x), (_, y) in zip(ca, cb, strict=True):
+        found = _first_mismatch(x, y, (*keys, k))
+        if found:
+            return found
+    return ""
+
+
+def _aligned_updates(
+    updates: optax.Updates, params: optax.Params, treedef: Any, transform: str
+) -> list[Any]:
+    """The leaves of ``updates`` in ``params``' leaf order; a clear error if they differ."""
+    try:
+        return treedef.flatten_up_to(updates)
+    except (ValueError, TypeError):
+        detail = _first_mismatch(params, updates) or "their tree structures differ"
+        raise ValueError(
+            f"jaxcons.{transform}: the updates do not have the structure of the params "
+            f"({detail}). Pass gradients with the params' own containers (a flax FrozenDict "
+            "and a dict are different pytrees: convert with flax.core.unfreeze or "
+            "flax.core.freeze)."
+        ) from None
+
+
+def map_governed(
+    rules: Rules,
+    updates: optax.Updates,
+    params: optax.Params | None,
+    transform: str,
+    fn: Callable[[str, Any, jax.Array, jax.Array], jax.Array],
+) -> optax.Updates:
+    """Replaces the update of every leaf ``rules`` govern with ``fn(path, value, p, u)``.
+
+    ``p`` and ``u`` are the leaf's parameter and update as arrays, ``value`` the governing
+    rule's value; other updates pass through.
+
+    Raises:
+      ValueError: naming ``transform``, when ``params`` is missing or ``updates`` is not
+        structured like them.
+    """
+    params = require_params(params, transform)
+    resolution = rules.resolve(params)
+    p_leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=is_masked)
+    out = _aligned_updates(updates, params, treedef, transform)
+    for i, path, value in resolution.active():
+        out[i] = fn(path, value, jnp.asarray(p_leaves[i]), jnp.asarray(out[i]))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def update_delta(p: jax.Array, y: jax.Array, u_dtype: Any) -> jax.Array:
+    """The update (in ``u_dtype``) that moves ``p`` to ``y`` under ``optax.apply_updates``.
+
+    The difference is taken in the wider of the two dtypes, where it is usually exact, so bf16
+    params with float32 updates land on ``y`` itself rather than on a bf16-rounded difference.
+    """
+    wide = jnp.promote_types(p.dtype, u_dtype)
+    return (y.astype(wide) - p.astype(wide)).astype(u_dtype)

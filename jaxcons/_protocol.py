@@ -1,0 +1,360 @@
+"""The protocols: `Constraint` (projections with optional state) and `Regularizer` (penalties).
+
+Both are `Configurable`: rebuilt from their constructor arguments, which also give their
+``repr``, equality and hash. The rule engine calls a constraint only through `project_leaf` and
+`call_leaf`, which check every output against the parameter it replaces.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxcons._numerics import accumulation_dtype
+from jaxcons._penalty_math import add_penalties
+from jaxcons._tree import is_floating, is_masked, is_single_floating_array
+
+__all__ = [
+    "Configurable",
+    "Constraint",
+    "FunctionConstraint",
+    "Regularizer",
+    "StatefulConstraint",
+    "call_leaf",
+    "check_like",
+    "json_safe",
+    "project_leaf",
+]
+
+
+def json_safe(value: Any) -> Any:
+    """A config value with tuples as lists and 0-d arrays / NumPy scalars as Python scalars."""
+    if isinstance(value, (tuple, list)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray) and value.ndim > 0:
+        return value.tolist()
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "shape", None) == ():
+        return item()
+    return value
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable stand-in for a config value (``2 == 2.0`` and ``[0, 1] == (0, 1)`` still)."""
+    value = json_safe(value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value
+
+
+class Configurable:
+    """Objects rebuilt from their constructor arguments: ``cls(**obj.get_config())``.
+
+    Subclasses that take arguments override `get_config`; `from_config`, ``repr``, ``==`` and
+    ``hash`` follow from it. The optional `check` hook lets the rule engine reject a parameter
+    shape (with its path) once per trace.
+    """
+
+    def check(self, shape: tuple[int, ...], path: str) -> None:
+        """Raises ``ValueError`` if this object cannot act on a leaf of ``shape`` at ``path``."""
+        del shape, path
+
+    def get_config(self) -> dict[str, Any]:
+        """Returns the constructor arguments, so that ``cls(**config)`` rebuilds the object."""
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Any:
+        """Rebuilds the object from the output of `get_config`."""
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    def _identity(self) -> Any:
+        """What equality and hashing compare: the config, or the object itself.
+
+        A subclass that keeps state but does not override `get_config` would otherwise compare
+        equal to every other instance of its class, and `jax.jit`, which caches on static
+        values such as the constraints in flax boxes, would reuse the wrong one.
+        """
+        if type(self).get_config is Configurable.get_config and vars(self):
+            return id(self)
+        return _frozen(self.get_config())
+
+    def __eq__(self, other: object) -> bool:
+        if type(self) is not type(other):
+            return NotImplemented
+        return self._identity() == other._identity()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._identity()))
+
+
+def _leafwise(fn: Callable[[Any, jax.Array], jax.Array]) -> Callable[[Any, Any], Any]:
+    """Wraps ``fn(self, w)`` written for one array so it also takes a whole pytree.
+
+    On a pytree, every floating-point leaf is projected and every other leaf (integer arrays,
+    `optax.MaskedNode`) is passed through. A single non-floating array is a ``TypeError``:
+    constraints act on floating-point parameters only.
+    """
+    if getattr(fn, "_jaxcons_leafwise", False):
+        return fn
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, w: Any) -> Any:
+        if is_single_floating_array(self, w):
+            return fn(self, w)
+        return jax.tree_util.tree_map(
+            lambda x: fn(self, x) if is_floating(x) else x, w, is_leaf=is_masked
+        )
+
+    wrapper._jaxcons_leafwise = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+class Constraint(Configurable):
+    """Base class for weight constraints: projections ``w -> w``, with optional state.
+
+    The protocol, for one floating-point array ``w``:
+
+    * ``__call__(w) -> w``: the exact projection, used by direct calls and
+      `jaxcons.apply_constraints` (default: the identity). The base class makes every
+      subclass's ``__call__`` accept a whole pytree too: each floating-point leaf is
+      projected, other leaves pass through.
+    * ``init(w) -> state``: the state `jaxcons.constrain` keeps for this parameter between
+      steps (default: `optax.EmptyState`, kept nowhere).
+    * ``project(w, state) -> (w, state)``: the projection `jaxcons.constrain` applies after
+      each update (default: ``(self(w), state)``). A constraint with state (the power
+      iteration of `SpectralNorm`) or a cheaper per-step method overrides it.
+    * ``check(shape, path)``: raise ``ValueError`` when the constraint cannot act on a
+      parameter of that shape (an ``axis`` out of range, say). Called once per trace.
+    * ``elementwise_bounds``: ``(lower, upper)`` (either may be ``None``) for constraints whose
+      set is an elementwise box; `jaxcons.constrain` then keeps the applied parameters
+      exactly inside it after ``optax.apply_updates``.
+
+    Outputs are checked: a projection that changes the parameter's shape or dtype, or a
+    ``project`` that changes the structure of its state, is a ``ValueError`` naming the
+    parameter. Any plain callable ``w -> w`` is accepted wherever a constraint is; subclass
+    this class to get pytree calls, ``get_config`` / ``from_config`` and serialization.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxcons
+      >>> class CenterAround(jaxcons.Constraint):
+      ...   def __init__(self, ref_value):
+      ...     self.ref_value = ref_value
+      ...   def __call__(self, w):
+      ...     return w - w.mean() + self.ref_value
+      ...   def get_config(self):
+      ...     return {"ref_value": self.ref_value}
+      >>> CenterAround(1.0)({"w": jnp.array([0.0, 2.0, 4.0])})["w"]
+      Array([-1.,  1.,  3.], dtype=float32)
+    """
+
+    elementwise_bounds: ClassVar[tuple[float | None, float | None] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        call = cls.__dict__.get("__call__")
+        if call is not None:
+            cls.__call__ = _leafwise(call)  # type: ignore[method-assign]
+
+    @_leafwise
+    def __call__(self, w: jax.Array) -> jax.Array:
+        return w
+
+    def init(self, w: jax.Array) -> Any:
+        """Returns the state `jaxcons.constrain` keeps for parameter ``w`` (default: none)."""
+        del w
+        return optax.EmptyState()
+
+    def project(self, w: jax.Array, state: Any) -> tuple[jax.Array, Any]:
+        """Projects ``w`` inside `jaxcons.constrain`; returns ``(projected w, new state)``."""
+        return self(w), state
+
+
+class StatefulConstraint(Constraint):
+    """A constraint that must carry state across training steps (e.g. power-iteration vectors).
+
+    The same protocol as `Constraint`, with ``init`` and ``project`` required: a subclass that
+    does not override them fails when `jaxcons.constrain` initialises, not silently.
+    ``__call__(w)`` stays the accurate projection without state, used by
+    `jaxcons.apply_constraints` and direct calls.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, jaxcons
+      >>> class RunningMaxClip(jaxcons.StatefulConstraint):
+      ...   # Clips to the largest absolute value seen at the first step.
+      ...   def init(self, w):
+      ...     return jnp.max(jnp.abs(w))
+      ...   def project(self, w, bound):
+      ...     return jnp.clip(w, -bound, bound), bound
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> tx = jaxcons.constrain({"w": RunningMaxClip()})
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update({"w": jnp.array([5.0, 0.0])}, state, params)
+      >>> optax.apply_updates(params, updates)["w"]
+      Array([ 2., -2.], dtype=float32)
+    """
+
+    def init(self, w: jax.Array) -> Any:
+        """Returns the initial state (a pytree of arrays) for parameter ``w``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement init(w).")
+
+    def project(self, w: jax.Array, state: Any) -> tuple[jax.Array, Any]:
+        """Projects ``w`` using and updating ``state``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement project(w, state).")
+
+
+class FunctionConstraint(Constraint):
+    """A plain callable ``w -> w`` used as a constraint (rules wrap callables in it).
+
+    Equal to another wrapper of the same callable; its ``repr`` is the callable's.
+    """
+
+    def __init__(self, fn: Callable[[jax.Array], jax.Array]):
+        self.fn = fn
+
+    def __call__(self, w: jax.Array) -> jax.Array:
+        return self.fn(w)
+
+    def __repr__(self) -> str:
+        return repr(self.fn)
+
+    def _identity(self) -> Any:
+        return self.fn
+
+
+def check_like(what: str, path: str, w: jax.Array, y: Any) -> jax.Array:
+    """Returns ``y`` as an array after checking it has ``w``'s shape and dtype.
+
+    Args:
+      what: who produced ``y``, for the message (``"The constraint MaxNorm(...)"``).
+      path: the parameter's path.
+      w: the parameter (or the point ``y`` replaces).
+      y: the output to check.
+
+    Raises:
+      ValueError: naming ``what``, the path and both shapes and dtypes.
+    """
+    y = jnp.asarray(y)
+    if y.shape != w.shape or y.dtype != w.dtype:
+        raise ValueError(
+            f"{what} for parameter {path!r} returned an array of shape {tuple(y.shape)} and "
+            f"dtype {y.dtype}, but the parameter has shape {tuple(w.shape)} and dtype "
+            f"{w.dtype}: the output must keep its input's shape and dtype."
+        )
+    return y
+
+
+def call_leaf(c: Constraint, path: str, w: jax.Array) -> jax.Array:
+    """``c(w)`` for the parameter at ``path``, checked to keep ``w``'s shape and dtype."""
+    return check_like(f"The constraint {c!r}", path, w, c(w))
+
+
+def project_leaf(c: Constraint, path: str, w: jax.Array, state: Any) -> tuple[jax.Array, Any]:
+    """``c.project(w, state)``, checked: the shape and dtype of ``w``, the state's structure.
+
+    Raises:
+      ValueError: naming the parameter and the constraint, for an output of another shape or
+        dtype, or a new state whose tree structure differs from the old one's.
+    """
+    result = c.project(w, state)
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise ValueError(
+            f"{type(c).__name__}.project for parameter {path!r} must return a pair "
+            f"(projected w, new state), got {type(result).__name__}."
+        )
+    y, new_state = result
+    y = check_like(f"The constraint {c!r}", path, w, y)
+    before = jax.tree_util.tree_structure(state)
+    after = jax.tree_util.tree_structure(new_state)
+    if before != after:
+        raise ValueError(
+            f"{type(c).__name__}.project for parameter {path!r} changed the structure of its "
+            f"state from {before} to {after}: the state must keep the structure init returned."
+        )
+    return y, new_state
+
+
+def _summed_over_leaves(fn: Callable[[Any, jax.Array], jax.Array]) -> Callable[[Any, Any], Any]:
+    """Wraps ``fn(self, x)`` written for one array so it also takes a whole pytree.
+
+    On a pytree, the result is the sum of ``fn`` over every floating-point leaf (other leaves,
+    such as integer arrays and `optax.MaskedNode`, are skipped). A single non-floating array is
+    a ``TypeError``: regularizers act on floating-point parameters only.
+    """
+    if getattr(fn, "_jaxcons_leafwise", False):
+        return fn
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, x: Any) -> Any:
+        if is_single_floating_array(self, x):
+            return fn(self, jnp.asarray(x))
+        leaves = jax.tree_util.tree_leaves(x, is_leaf=is_masked)
+        return add_penalties([fn(self, jnp.asarray(v)) for v in leaves if is_floating(v)])
+
+    wrapper._jaxcons_leafwise = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+class Regularizer(Configurable):
+    """Base class for regularizers: penalties ``x -> scalar`` added to the training loss.
+
+    A subclass overrides ``__call__(self, x)`` for one floating-point array ``x`` and returns a
+    scalar (the default is the zero penalty). The base class makes every subclass's
+    ``__call__`` accept a whole pytree too, returning the sum over its floating-point leaves.
+    Any plain callable ``x -> scalar`` is accepted wherever a regularizer is; subclass this
+    class to get pytree calls, ``get_config`` / ``from_config`` and serialization.
+
+    Optional hooks used by the rule engine and the transforms:
+
+    * ``check(shape, path)``: raise ``ValueError`` when the regularizer cannot act on a
+      parameter of that shape (a rank or an axis it does not support). Called once per trace.
+    * ``prox(x, step)``: the proximal operator of ``step * R`` for one array,
+
+      .. math:: \\operatorname{prox}_{sR}(x) = \\arg\\min_z \\tfrac12 \\|z - x\\|^2 + s\\,R(z),
+
+      returning an array of ``x``'s shape and dtype (checked); ``step`` may be a traced
+      scalar. `jaxcons.proximal` needs it; ``None`` (the default) means there is no closed
+      form, and `jaxcons.proximal` rejects the regularizer when it initialises.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxcons
+      >>> class L2Regularizer(jaxcons.Regularizer):
+      ...   def __init__(self, l2=0.0):
+      ...     self.l2 = l2
+      ...   def __call__(self, x):
+      ...     return self.l2 * jnp.sum(jnp.square(x))
+      ...   def get_config(self):
+      ...     return {"l2": self.l2}
+      >>> L2Regularizer(0.5)({"kernel": jnp.ones((5, 5)), "bias": jnp.ones(5)})
+      Array(15., dtype=float32)
+    """
+
+    prox: ClassVar[Callable[..., jax.Array] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        call = cls.__dict__.get("__call__")
+        if call is not None:
+            cls.__call__ = _summed_over_leaves(call)  # type: ignore[method-assign]
+
+    @_summed_over_leaves
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jnp.zeros((), accumulation_dtype(x.dtype))

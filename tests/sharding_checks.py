@@ -44,20 +44,26 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxcons._constraints import (
+from jaxcons import (
+    L1,
+    L1L2,
+    L2,
     Clip,
+    GroupLasso,
     MaxNorm,
     MinMaxNorm,
     NonNeg,
+    OrthogonalRegularizer,
     RadialConstraint,
+    SpectralNorm,
     UnitNorm,
+    apply_constraints,
+    constrain,
+    path_str,
+    penalty,
+    proximal,
+    regularize,
 )
-from jaxcons._paths import flatten_with_paths
-from jaxcons._penalties import penalty
-from jaxcons._regularize import proximal, regularize
-from jaxcons._regularizers import L1, L1L2, L2, GroupLasso, OrthogonalRegularizer
-from jaxcons._spectral import SpectralNorm
-from jaxcons._transforms import apply_constraints, constrain
 from jaxcons.flax import TrainState
 
 N_DEVICES = 8
@@ -156,6 +162,14 @@ def gather_problems(found: list[Collective], params: Any) -> list[str]:
         f"parameter-sized gathers (>= {parameter_size(params)} elements): {describe(big)}; "
         f"all collectives: {describe(found)}"
     ]
+
+
+def flatten_with_paths(tree: Any) -> tuple[list[tuple[str, Any]], Any]:
+    """``[(path, leaf), ...]`` and the treedef, masked nodes kept as leaves."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: isinstance(x, optax.MaskedNode)
+    )
+    return [(path_str(kp), leaf) for kp, leaf in leaves], treedef
 
 
 def sharding_problems(out: Any, ref: Any, what: str) -> list[str]:

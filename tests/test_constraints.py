@@ -267,12 +267,24 @@ def test_duplicate_axes():
         jaxcons.apply_constraints({"w": jnp.ones(3)}, {"w": UnitNorm(axis=(0, 0))})
 
 
-@pytest.mark.parametrize("axis", [None, 1.0, True, [], (0, "1"), "0"])
+@pytest.mark.parametrize("axis", [1.0, True, [], (0, "1"), "0"])
 @pytest.mark.parametrize("cls", [MaxNorm, MinMaxNorm, UnitNorm])
 def test_malformed_axis(cls, axis):
-    with pytest.raises(ValueError, match=r"axis must be an int or a non-empty list/tuple of ints, "
-                       rf"got {re.escape(repr(axis))}"):
+    with pytest.raises(ValueError, match=r"axis must be an int, a non-empty list/tuple of ints, "
+                       rf"or None, got {re.escape(repr(axis))}"):
         cls(axis=axis)
+
+
+def test_axis_none_takes_one_norm_over_the_whole_tensor():
+    w = np.arange(1.0, 7.0, dtype=np.float32).reshape(2, 3)
+    total = np.sqrt(np.sum(w.astype(np.float64) ** 2))  # 9.539
+    np.testing.assert_allclose(MaxNorm(2.0, axis=None)(jnp.asarray(w)), w * 2.0 / total, rtol=1e-6)
+    np.testing.assert_allclose(UnitNorm(axis=None)(jnp.asarray(w)), w / total, rtol=1e-6)
+    out = MinMaxNorm(10.0, 12.0, axis=None)(jnp.asarray(w))
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(out, np.float64)), 10.0, rtol=1e-6)
+    assert MaxNorm(axis=None).get_config() == {"max_value": 2.0, "axis": None}
+    restored = jaxcons.constraints.deserialize(jaxcons.constraints.serialize(UnitNorm(axis=None)))
+    assert restored == UnitNorm(axis=None)
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 import jaxcons
-from jaxcons._penalties import penalty
+from jaxcons import penalty
 from jaxcons.constraints import Clip, MaxNorm, NonNeg
 from jaxcons.flax import Constrained, constraint_rules, regularizer_rules, with_constraints
 from jaxcons.regularizers import L1, L2
@@ -144,7 +144,9 @@ def test_prefer_orders_the_rules(prefer):
     if prefer == "declared":
         assert rules == [*declared, ("**/kernel", Clip(-0.1, 0.1))]
     else:
-        assert rules == [("**/kernel", Clip(-0.1, 0.1)), *declared]
+        # The declared kernel rule loses to '**/kernel' on its only parameter: it is left out
+        # rather than kept as a rule that never acts (strict resolution would reject it).
+        assert rules == [("**/kernel", Clip(-0.1, 0.1)), ("Dense_1/bias", NonNeg())]
     out = jaxcons.apply_constraints(nn.unbox(params), rules)
     kernel = np.asarray(out["Dense_0"]["kernel"])
     expected = np.full((2, 3), 0.1 if prefer == "explicit" else 2**-0.5, np.float32)
@@ -152,6 +154,22 @@ def test_prefer_orders_the_rules(prefer):
     np.testing.assert_array_equal(
         out["Dense_1"]["kernel"], np.clip(nn.unbox(params)["Dense_1"]["kernel"], -0.1, 0.1)
     )
+
+
+def test_an_explicit_rule_equal_to_a_declaration_is_no_conflict():
+    params = linen_variables()["params"]
+    declared = constraint_rules(params)
+    # Passing the declared rules again (what TrainState.create(constraints=constraint_rules(
+    # variables)) does on a model that declares them) neither conflicts nor leaves a rule
+    # that never acts.
+    assert constraint_rules(params, declared) == declared
+    state = jaxcons.flax.TrainState.create(
+        apply_fn=None, params=params, tx=optax.sgd(0.1), constraints=declared
+    )
+    assert [r.pattern for r in state.constraints.entries] == ["Dense_0/kernel", "Dense_1/bias"]
+    # A different value for the same parameter still is a conflict.
+    with pytest.raises(ValueError, match=r"'Dense_0/kernel' \(declared MaxNorm"):
+        constraint_rules(params, {"Dense_0/kernel": MaxNorm(2.0)})
 
 
 def test_explicit_rules_are_coerced_and_returned_in_order():

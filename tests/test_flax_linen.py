@@ -16,7 +16,7 @@ from flax.training import train_state
 
 import jaxcons
 import jaxcons.flax
-from jaxcons._penalties import penalty
+from jaxcons import penalty
 from jaxcons.constraints import Clip, MaxNorm, NonNeg, SpectralNorm
 from jaxcons.flax import Constrained, TrainState, with_constraints
 from jaxcons.regularizers import L1, L2

@@ -12,7 +12,7 @@ from flax import nnx
 import jaxcons
 import jaxcons.flax
 import jaxcons.flax.nnx
-from jaxcons._penalties import penalty
+from jaxcons import penalty
 from jaxcons.constraints import MaxNorm, NonNeg, SpectralNorm
 from jaxcons.flax import constraint_rules, regularizer_rules
 from jaxcons.regularizers import L1, L2

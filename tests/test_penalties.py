@@ -10,8 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcons._penalties import activity_penalty, as_regularizer_rules, penalties, penalty
-from jaxcons._rules import Rules
+import jaxcons
+from jaxcons import Rules, activity_penalty, penalties, penalty
 from jaxcons.regularizers import L1, L1L2, L2, GroupLasso, OrthogonalRegularizer
 
 
@@ -201,8 +201,7 @@ def test_masked_nodes_pass_through():
 
 
 def test_prebuilt_rules_and_reresolution_for_a_new_structure():
-    rules = as_regularizer_rules({"**/kernel": "l2"})
-    assert isinstance(rules, Rules) and rules.kind == "regularizer"
+    rules = Rules({"**/kernel": "l2"}, coerce=jaxcons.regularizers.get, kind="regularizer")
     assert rules.entries[0].value == L2(0.01)
     np.testing.assert_allclose(penalty({"kernel": jnp.ones(3)}, rules), 0.03, rtol=1e-6)
     np.testing.assert_allclose(penalty({"a": {"kernel": jnp.ones(4)}}, rules), 0.04, rtol=1e-6)

@@ -11,8 +11,7 @@ import optax
 import pytest
 
 import jaxcons
-from jaxcons._penalties import penalty
-from jaxcons._regularize import ProximalState, proximal, regularize
+from jaxcons import ProximalState, penalty, proximal, regularize
 from jaxcons.regularizers import L1, L1L2, L2, GroupLasso, OrthogonalRegularizer
 
 

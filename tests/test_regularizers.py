@@ -381,7 +381,7 @@ def test_orthogonal_rank_error_names_the_shape():
 
 
 def test_group_lasso_axis_validation():
-    msg = "axis must be an int or a non-empty list/tuple of ints, got "
+    msg = "axis must be an int, a non-empty list/tuple of ints, or None, got "
     for bad in ("0", [], [0, "1"], 1.0, True):
         with pytest.raises(ValueError, match=re.escape(msg + repr(bad))):
             GroupLasso(axis=bad)

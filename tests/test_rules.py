@@ -11,13 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxcons
-from jaxcons._patterns import compile_pattern, glob_to_regex
-from jaxcons._rules import Rules, is_floating
+from jaxcons import Rules
 
 
-def _matches(pattern, path, leaf=None):
-    _, predicate = compile_pattern(pattern)
-    return bool(predicate(path, leaf))
+def _matches(pattern, path, leaf=1.0):
+    """Whether ``pattern`` matches a leaf at ``path`` (a dict key holding '/' spells it)."""
+    return jaxcons.mask({path: leaf}, pattern, strict=False)[path]
 
 
 def _params():
@@ -81,10 +80,9 @@ def test_glob_matching(pattern, path, expected):
     assert _matches(pattern, path) is expected
 
 
-def test_glob_to_regex_is_a_full_match_regex():
-    regex = glob_to_regex("**/kernel")
-    assert re.fullmatch(regex, "a/kernel")
-    assert not re.fullmatch(regex, "a/kernel/b")
+def test_globs_match_the_whole_path():
+    assert _matches("**/kernel", "a/kernel")
+    assert not _matches("**/kernel", "a/kernel/b")
 
 
 _segment = st.text(alphabet="abcXYZ_019.+()[]$^", min_size=1, max_size=6)
@@ -142,10 +140,11 @@ def test_pattern_descriptions():
     def is_kernel(path, leaf):
         return path.endswith("kernel")
 
-    assert compile_pattern("**/kernel")[0] == "**/kernel"
-    assert compile_pattern("re:.*")[0] == "re:.*"
-    assert compile_pattern(is_kernel)[0] == "<callable is_kernel>"
-    assert compile_pattern(lambda p, leaf: True)[0] == "<callable <lambda>>"
+    rules = Rules([("**/kernel", 1), ("re:.*", 2), (is_kernel, 3), (lambda p, leaf: True, 4)])
+    assert repr(rules) == (
+        "Rules({'**/kernel': 1, 're:.*': 2, '<callable is_kernel>': 3, "
+        "'<callable <lambda>>': 4}, strict=True)"
+    )
 
 
 # --- malformed patterns -------------------------------------------------------------------------
@@ -270,24 +269,35 @@ def test_first_match_wins_in_a_mapping():
     governed = _governed(rules, _params())
     assert governed["params/Block_1/Dense_0/kernel"] == "special"
     assert governed["params/Dense_0/kernel"] == "generic"
-    # The same rules in the other order: the generic rule shadows the specific one.
+    # The same rules in the other order: the generic rule shadows the specific one, which
+    # would never act. Strict says so, naming both; non-strict lets the generic one win.
     reordered = dict(reversed(list(rules.items())))
-    assert set(_governed(reordered, _params()).values()) == {"generic"}
+    msg = (
+        "value rule 'params/Block_1/**/kernel' never acts: every parameter it matches is "
+        "already claimed by the earlier rule '**/kernel' (e.g. 'params/Block_1/Dense_0/kernel')"
+        ", and the first matching rule wins. Put the more specific rule "
+        "'params/Block_1/**/kernel' first"
+    )
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        _governed(reordered, _params())
+    assert set(_governed(reordered, _params(), strict=False).values()) == {"generic"}
 
 
 @pytest.mark.parametrize("strict", [True, False])
 def test_first_match_wins_in_a_sequence(strict):
-    rules = [("**/Dense_0/*", "dense"), ("**/bias", "bias"), ("**", "rest")]
-    resolution = Rules(rules, strict=strict).resolve(_params())
+    rules = [("**/Dense_0/*", "dense"), ("**/bias", None), ("**", "rest")]
+    params = {**_params(), "head": {"bias": jnp.zeros(2), "kernel": jnp.ones(2)}}
+    resolution = Rules(rules, strict=strict).resolve(params)
     assert resolution.paths == (
+        "head/bias",
+        "head/kernel",
         "params/Block_1/Dense_0/bias",
         "params/Block_1/Dense_0/kernel",
         "params/Dense_0/bias",
         "params/Dense_0/kernel",
         "step",
     )
-    assert resolution.rule_index == (0, 0, 0, 0, None)
-    assert resolution.values == ("dense", "dense", "dense", "dense", None)
+    assert resolution.values == (None, "rest", "dense", "dense", "dense", "dense", None)
 
 
 def test_none_value_exempts_leaves_from_a_later_broad_rule():
@@ -295,7 +305,7 @@ def test_none_value_exempts_leaves_from_a_later_broad_rule():
     governed = _governed(rules, _params())
     assert governed == {"params/Dense_0/bias": "all", "params/Dense_0/kernel": "all"}
     resolution = Rules(rules).resolve(_params())
-    assert resolution.rule_index[:2] == (None, None)
+    assert resolution.values[:2] == (None, None)
 
 
 def test_unmatched_leaves_are_left_alone():
@@ -343,8 +353,9 @@ def test_only_floating_leaves_are_governed():
         (optax.MaskedNode(), False),
     ],
 )
-def test_is_floating(leaf, expected):
-    assert is_floating(leaf) is expected
+def test_which_leaves_count_as_floating(leaf, expected):
+    governed = _governed({"**": "c"}, {"x": leaf, "y": jnp.ones(1)}, strict=False)
+    assert ("x" in governed) is expected
 
 
 def test_int_leaves_pass_through_apply_constraints():
@@ -356,8 +367,8 @@ def test_int_leaves_pass_through_apply_constraints():
 
 def test_masked_leaves_are_not_governed_and_do_not_count_as_matches():
     tree = {"kernel": optax.MaskedNode(), "bias": jnp.zeros(2)}
-    resolution = Rules({"**": "any", "bias": "b"}).resolve(tree)
-    assert [(i, p, v) for i, p, v in resolution.active()] == [(0, "bias", "any")]
+    resolution = Rules({"bias": "b", "**": "any"}, strict=False).resolve(tree)
+    assert [(i, p, v) for i, p, v in resolution.active()] == [(0, "bias", "b")]
     # A rule that reaches only masked-out leaves would never act: strict says so.
     msg = (
         "constraint rule 'kernel' matches no parameter: it matches only leaves that are masked "
@@ -452,10 +463,55 @@ def test_strict_false_allows_unmatched_rules():
     assert sorted(governed) == ["params/Block_1/Dense_0/bias", "params/Dense_0/bias"]
 
 
-def test_shadowed_rule_is_not_an_error():
-    # `**/kernel` governs every kernel first; the later specific rule is shadowed, but matches.
-    governed = _governed({"**/kernel": "k", "params/Dense_0/kernel": "never used"}, _params())
-    assert set(governed.values()) == {"k"}
+def test_fully_shadowed_rule_is_an_error_unless_not_strict():
+    # `**/kernel` claims every kernel first: the later specific rule would never act.
+    rules = {"**/kernel": "k", "params/Dense_0/kernel": "never used"}
+    msg = (
+        "constraint rule 'params/Dense_0/kernel' never acts: every parameter it matches is "
+        "already claimed by the earlier rule '**/kernel' (e.g. 'params/Dense_0/kernel')"
+    )
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        Rules(rules, kind="constraint").resolve(_params())
+    assert set(_governed(rules, _params(), strict=False).values()) == {"k"}
+
+
+def test_the_issue_example_of_a_shadowed_rule_raises_through_constrain():
+    params = {"Dense_0": {"kernel": jnp.ones((2, 2))}, "Dense_1": {"kernel": jnp.ones((2, 2))}}
+    rules = {"**/kernel": jaxcons.MaxNorm(3.0), "Dense_1/kernel": jaxcons.MaxNorm(1.0)}
+    with pytest.raises(ValueError, match=r"rule 'Dense_1/kernel' never acts.*'\*\*/kernel'"):
+        jaxcons.constrain(rules).init(params)
+    # Put first, the specific rule acts and the broad one still governs Dense_0.
+    fixed = {"Dense_1/kernel": jaxcons.MaxNorm(1.0), "**/kernel": jaxcons.MaxNorm(3.0)}
+    out = jaxcons.apply_constraints({k: {"kernel": 10 * v["kernel"]} for k, v in params.items()},
+                                    fixed)
+    np.testing.assert_allclose(np.linalg.norm(out["Dense_1"]["kernel"], axis=0), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(out["Dense_0"]["kernel"], axis=0), 3.0, rtol=1e-6)
+
+
+def test_a_partly_shadowed_rule_is_fine():
+    # `**/bias` loses Dense_0/bias to the first rule but still governs the block's bias.
+    governed = _governed({"params/Dense_0/*": "d", "**/bias": "b"}, _params())
+    assert governed["params/Block_1/Dense_0/bias"] == "b"
+    assert governed["params/Dense_0/bias"] == "d"
+
+
+def test_a_module_pattern_suggests_its_parameters():
+    msg = ("constraint rule 'params/Dense_0' matches no parameter: 'params/Dense_0' names a "
+           "module, not a parameter. To cover its parameters, use 'params/Dense_0/**'.")
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        jaxcons.apply_constraints(_params(), {"params/Dense_0": jaxcons.NonNeg()})
+
+
+def test_colliding_paths_are_an_error_when_governed():
+    tree = {"a/b": jnp.ones((3, 3)), "a": {"b": jnp.ones((2, 2))}, "c": jnp.ones(1)}
+    assert jaxcons.paths(tree) == ["a/b", "a/b", "c"]
+    msg = "Two parameters have the same path 'a/b'"
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        jaxcons.constrain({"a/b": jaxcons.SpectralNorm(1.0)}).init(tree)
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        jaxcons.penalties(tree, {"a/b": jaxcons.L2(0.1)})
+    # Leaves no rule governs may share a path: nothing is keyed by it.
+    assert jaxcons.penalties(tree, {"c": jaxcons.L2(1.0)}) == {"c": 1.0}
 
 
 def test_strict_errors_surface_through_constrain_and_apply_constraints():

@@ -392,10 +392,11 @@ def test_clip_stays_feasible_for_bf16_params_with_float32_updates():
         updates, _ = tx.update({"w": jnp.array([-4.0], jnp.float32)}, tx.init(params), params)
         new = optax.apply_updates(params, updates)["w"]
     assert new.dtype == jnp.bfloat16
-    # The box in bf16 is [bf16(-0.3), bf16(0.7)] = [-0.30078125, 0.69921875].
-    assert float(new[0]) >= float(jnp.bfloat16(-0.3)), float(new[0])
+    # -0.3 is not a bf16: the lower bound rounds inward, to -0.298828125 (the bf16 nearest
+    # to -0.3 is -0.30078125, outside the box), and 0.7 to 0.69921875 (the nearest anyway).
+    assert float(new[0]) >= -0.3, float(new[0])
     # The float32 delta is exact here, so the result is the projection itself.
-    assert float(new[0]) == float(jnp.bfloat16(-0.3))
+    assert float(new[0]) == -0.298828125
 
 
 @settings(max_examples=25, deadline=None)
@@ -602,7 +603,7 @@ def test_apply_constraints_strict_error():
 def test_nnx_optimizer_init_on_variables_update_on_arrays():
     from flax import nnx
 
-    from jaxcons._spectral import SpectralNorm
+    from jaxcons import SpectralNorm
 
     class MLP(nnx.Module):
         def __init__(self, rngs):
@@ -664,9 +665,10 @@ def test_scratch_buffers_only_for_constraints_that_need_a_reduction():
     assert set(on.scratch) == {"k"}
     assert on.scratch["k"].shape == (3, 2) and on.scratch["k"].dtype == jnp.bfloat16
     assert jaxcons.constrain(rules, scratch=False).init(params).scratch == {}
-    # The default on CPU (this test machine) is on, eagerly and under jit.
-    assert set(jaxcons.constrain(rules).init(params).scratch) == {"k"}
-    assert set(jax.jit(jaxcons.constrain(rules).init)(params).scratch) == {"k"}
+    # The default is off on every backend: the state holds no arrays for stateless rules.
+    default = jaxcons.constrain(rules).init(params)
+    assert default == jaxcons.ConstrainState(constraint_states={}, scratch={})
+    assert jax.tree_util.tree_leaves(jax.jit(jaxcons.constrain(rules).init)(params)) == []
     # A one-field ConstrainState still builds (the scratch field has a default).
     assert jaxcons.ConstrainState({}).scratch == {}
 

@@ -5,7 +5,7 @@
 collectives over gloo, one 8-device global mesh whose 'model' axis spans both processes), and
 once alone on 8 local devices with the same mesh as the single-process reference. Each runs
 the same 10 steps of ``regularize -> adam -> constrain`` on a small MLP and writes its final
-parameters and a report of its compiled step. The tests below check that both processes end
+parameters and a report of its compiled step. The test below checks that both processes end
 with the reference's parameters (to 1e-5: the devices reduce in a different order), that the
 step gathers no parameter, and that the constraints held.
 """
@@ -94,26 +94,18 @@ def _tails(logs: dict[str, Path]) -> str:
     )
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
-    return launch(tmp_path_factory.mktemp("multihost"))
+def test_two_processes_train_like_one(tmp_path: Path) -> None:
+    """One launch, every check (a module fixture would run once per pytest-xdist worker)."""
+    runs = launch(tmp_path)
+    check_the_runs_are_what_they_claim(runs)
+    for name, run in runs.items():
+        check_the_step_gathers_no_parameter(run.report, name)
+    for name in ("process0", "process1"):
+        check_same_parameters(runs[name], runs["reference"], name)
+        check_the_constraints_held_and_bound(runs[name].arrays)
 
 
-@pytest.mark.parametrize("process", ["process0", "process1"])
-def test_each_process_ends_with_the_single_process_parameters(
-    runs: dict[str, Run], process: str
-) -> None:
-    run, ref = runs[process], runs["reference"]
-    for name in NAMES:
-        got, want = run.arrays[name], ref.arrays[name]
-        assert got.shape == want.shape and got.dtype == want.dtype == np.float32, name
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{process} {name}")
-        # Training moved every parameter away from its start.
-        assert not np.allclose(got, run.arrays[f"initial/{name}"], atol=1e-3), name
-    np.testing.assert_allclose(run.report["losses"], ref.report["losses"], rtol=1e-5)
-
-
-def test_the_runs_are_what_they_claim(runs: dict[str, Run]) -> None:
+def check_the_runs_are_what_they_claim(runs: dict[str, Run]) -> None:
     for name in ("process0", "process1"):
         report = runs[name].report
         assert (report["process_count"], report["local_devices"]) == (2, 4), report
@@ -126,23 +118,29 @@ def test_the_runs_are_what_they_claim(runs: dict[str, Run]) -> None:
     assert ref["mesh_process_layout"] == [[0, 0, 0, 0], [0, 0, 0, 0]]
 
 
-@pytest.mark.parametrize("run_name", ["process0", "process1", "reference"])
-def test_the_step_gathers_no_parameter(runs: dict[str, Run], run_name: str) -> None:
-    report = runs[run_name].report
+def check_the_step_gathers_no_parameter(report: dict[str, Any], name: str) -> None:
     # The scan sees a gather where there is one: a program that replicates a sharded kernel.
-    assert report["n_detector_moves"] >= 1, report["detector_sees"]
+    assert report["n_detector_moves"] >= 1, f"{name}: {report['detector_sees']}"
     assert report["n_parameter_sized_moves"] == 0, (
-        f"{report['parameter_sized_moves']}; all collectives: {report['collectives']}"
+        f"{name}: {report['parameter_sized_moves']}; all collectives: {report['collectives']}"
     )
     # The norms over the sharded axes are computed with reductions of small arrays.
-    assert "all-reduce" in report["collective_ops"], report["collectives"]
-    assert all(report["shardings_kept"].values()), report["shardings_kept"]
+    assert "all-reduce" in report["collective_ops"], f"{name}: {report['collectives']}"
+    assert all(report["shardings_kept"].values()), f"{name}: {report['shardings_kept']}"
 
 
-@pytest.mark.parametrize("process", ["process0", "process1"])
-def test_the_constraints_held_and_bound(runs: dict[str, Run], process: str) -> None:
+def check_same_parameters(run: Run, ref: Run, name: str) -> None:
+    for param in NAMES:
+        got, want = run.arrays[param], ref.arrays[param]
+        assert got.shape == want.shape and got.dtype == want.dtype == np.float32, param
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{name} {param}")
+        # Training moved every parameter away from its start.
+        assert not np.allclose(got, run.arrays[f"initial/{param}"], atol=1e-3), param
+    np.testing.assert_allclose(run.report["losses"], ref.report["losses"], rtol=1e-5)
+
+
+def check_the_constraints_held_and_bound(arrays: dict[str, np.ndarray]) -> None:
     """NumPy float64 on the final parameters; the initial ones violate every constraint."""
-    arrays = runs[process].arrays
     start, end = (
         {name: arrays[prefix + name].astype(np.float64) for name in NAMES}
         for prefix in ("initial/", "")

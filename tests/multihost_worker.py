@@ -18,7 +18,7 @@ Parameters (global ``jax.Array``s, the same values in every run):
 * ``dense1/kernel`` (32, 16), sharded along axis 1 over 'model', under ``SpectralNorm``;
 * ``L2`` on both kernels.
 
-The step is ``optax.chain(jaxcons.regularize(...), optax.adam(1e-2), jaxcons.constrain(...))``
+The step is ``jaxcons.chain(optax.adam(1e-2), constraints=..., regularizers=...)``
 on a tanh MLP with the batch sharded over 'data'. It is compiled once; its HLO text is scanned
 for parameter-sized gathers with the helpers of ``sharding_checks.py``, and the same compiled
 executable runs 10 steps. After training, and outside the step, the final parameters are
@@ -143,10 +143,10 @@ def run(process_id: int, num_processes: int, port: int, out: str) -> None:
         )
     mesh = make_mesh()
     values = initial_values()
-    tx = optax.chain(
-        jaxcons.regularize(REGULARIZERS),
+    tx = jaxcons.chain(
         adam(1e-2),  # optax.adam under standard dtype promotion (sharding_checks.adam).
-        jaxcons.constrain(CONSTRAINTS),
+        constraints=CONSTRAINTS,
+        regularizers=REGULARIZERS,
     )
 
     def step(params: Any, opt_state: Any, batch: Any) -> tuple[Any, Any, jax.Array]:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxcons import _scratch, constraints
-from jaxcons._leaf_updates import map_governed, update_delta
+from jaxcons._leaf_updates import landing, map_governed, update_delta
 from jaxcons._numerics import inward_bounds
 from jaxcons._protocol import Constraint, FunctionConstraint, call_leaf, project_leaf
 from jaxcons._rules import Rules, RulesLike, build_rules
@@ -67,10 +67,9 @@ def _feasible_delta(c: Constraint, p: jax.Array, y: jax.Array, u_dtype: Any) -> 
     if c.elementwise_bounds is None:
         return t
     lo, hi = inward_bounds(*c.elementwise_bounds, p.dtype)
-    wide = jnp.promote_types(p.dtype, u_dtype)
 
     def lands(delta: jax.Array) -> jax.Array:  # What optax.apply_updates computes.
-        return (p.astype(wide) + delta.astype(wide)).astype(p.dtype)
+        return landing(p, delta)
 
     def excess(z: jax.Array) -> jax.Array:  # How far outside the box (0 inside).
         out = jnp.zeros(z.shape, z.dtype)
@@ -176,7 +175,7 @@ def constrain(
         new_scratch = dict(state.scratch)
 
         def project(path: str, c: Constraint, p: jax.Array, u: jax.Array) -> jax.Array:
-            x = (p + u).astype(p.dtype)
+            x = landing(p, u)
             if path in state.scratch:
                 x = new_scratch[path] = _scratch.write(state.scratch[path], x)
             leaf_state = state.constraint_states.get(path, optax.EmptyState())

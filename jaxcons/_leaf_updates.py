@@ -9,10 +9,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxcons._numerics import wider_float
 from jaxcons._rules import Rules
 from jaxcons._tree import is_masked, path_str
 
-__all__ = ["map_governed", "require_params", "update_delta"]
+__all__ = ["landing", "map_governed", "require_params", "update_delta"]
 
 
 def require_params(params: optax.Params | None, transform: str) -> optax.Params:
@@ -89,11 +90,18 @@ def map_governed(
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
+def landing(p: jax.Array, u: jax.Array) -> jax.Array:
+    """Where ``optax.apply_updates`` puts ``p`` under update ``u``: ``p + u`` computed in the
+    wider of the two dtypes and cast back to ``p``'s (explicitly: strict-promotion clean)."""
+    wide = wider_float(p.dtype, u.dtype)
+    return (p.astype(wide) + u.astype(wide)).astype(p.dtype)
+
+
 def update_delta(p: jax.Array, y: jax.Array, u_dtype: Any) -> jax.Array:
     """The update (in ``u_dtype``) that moves ``p`` to ``y`` under ``optax.apply_updates``.
 
     The difference is taken in the wider of the two dtypes, where it is usually exact, so bf16
     params with float32 updates land on ``y`` itself rather than on a bf16-rounded difference.
     """
-    wide = jnp.promote_types(p.dtype, u_dtype)
+    wide = wider_float(p.dtype, u_dtype)
     return (y.astype(wide) - p.astype(wide)).astype(u_dtype)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["accumulation_dtype", "safe_norm"]
+__all__ = ["accumulation_dtype", "inward_bounds", "safe_norm", "wider_float"]
 
 
 def accumulation_dtype(dtype: Any) -> np.dtype:
@@ -52,3 +52,17 @@ def inward_bounds(
         return value
 
     return cast(lower, 1.0), cast(upper, -1.0)
+
+
+def wider_float(a: Any, b: Any) -> np.dtype:
+    """The float dtype ``a + b`` computes in under standard promotion, found without it.
+
+    The wider of two float dtypes (bfloat16 and float16 together give float32), so code that
+    mixes bf16 params with f32 updates stays valid under ``jax_numpy_dtype_promotion="strict"``.
+    """
+    a, b = np.dtype(a), np.dtype(b)
+    if a == b:
+        return a
+    if a.itemsize != b.itemsize:
+        return a if a.itemsize > b.itemsize else b
+    return np.dtype(jnp.float32)

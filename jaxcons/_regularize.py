@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxcons._leaf_updates import map_governed, update_delta
+from jaxcons._leaf_updates import landing, map_governed, update_delta
 from jaxcons._penalties import as_regularizer_rules, leaf_penalty
 from jaxcons._protocol import check_like
 from jaxcons._rules import Rules, RulesLike
@@ -188,7 +188,7 @@ def proximal(
 
         def prox_step(path: str, r: Any, p: jax.Array, u: jax.Array) -> jax.Array:
             _require_prox(path, r)
-            x = (p + u).astype(p.dtype)
+            x = landing(p, u)
             y = check_like(f"The proximal operator of {r!r}", path, x, r.prox(x, step))
             return update_delta(p, y, u.dtype)
 

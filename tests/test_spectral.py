@@ -371,3 +371,45 @@ def test_config_round_trip_repr_and_equality():
     assert c != SpectralNorm(2.5)
     assert repr(c) == "SpectralNorm(max_value=2.5, n_power_iterations=3)"
     assert isinstance(c, jaxcons.StatefulConstraint)
+
+
+# --- The bound inside constrain, from a feasible start -------------------------------------
+
+
+def test_bound_holds_at_every_step_when_the_kernel_only_grows():
+    # x = 1.5 * p: no rotation, so the exact start vector stays exact and the bound is tight.
+    c = SpectralNorm(1.0)
+    w = random_kernel((16, 8), sigma=1.0)
+    params = {"k": w}
+    tx = jaxcons.constrain({"k": c})
+    state = tx.init(params)
+    step = jax.jit(lambda p, s: tx.update(jax.tree.map(lambda x: 0.5 * x, p), s, p))
+    worst = 0.0
+    for _ in range(20):
+        updates, state = step(params, state)
+        params = optax.apply_updates(params, updates)
+        worst = max(worst, np_sigma(params["k"]) - 1.0)
+    assert worst <= 1e-5, worst
+
+
+def test_bound_tracks_within_2e_3_over_adam_training_of_a_conv_kernel(adam):
+    shape = (3, 3, 16, 32)
+    w = random_kernel(shape, sigma=1.0, seed=1)
+    target = jnp.asarray(np.random.default_rng(2).normal(size=shape), jnp.float32)
+    params = {"k": w}
+    tx = jaxcons.chain(adam(1e-3), constraints={"k": SpectralNorm(1.0)})
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state):
+        grads = jax.grad(lambda p: jnp.sum(jnp.square(p["k"] - target)))(params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    worst = 0.0
+    for _ in range(150):
+        params, state = step(params, state)
+        worst = max(worst, np_sigma(params["k"]) / 1.0 - 1.0)
+    assert worst <= 2e-3, worst
+    # The bound binds: the unconstrained target has a far larger spectral norm.
+    assert np_sigma(target) > 5.0

@@ -1,0 +1,194 @@
+"""Nothing silent: every way of misusing a constraint that used to pass quietly now raises."""
+
+import re
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxcons
+import jaxcons.flax
+
+
+def _params():
+    return {"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}
+
+
+# --- outputs are checked -------------------------------------------------------------------------
+
+
+def test_a_callable_that_changes_the_shape_is_an_error():
+    msg = (
+        "for parameter 'k' returned an array of shape (2,) and dtype float32, but the parameter "
+        "has shape (3,) and dtype float32"
+    )
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        jaxcons.apply_constraints({"k": jnp.ones(3)}, {"k": lambda w: w[:2]})
+    tx = optax.chain(optax.sgd(1.0), jaxcons.constrain({"k": lambda w: w[:2]}))
+    params = {"k": jnp.ones(3)}
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        tx.update({"k": jnp.ones(3)}, tx.init(params), params)
+
+
+def test_a_callable_that_returns_integers_is_an_error():
+    def rounds(w):
+        return jnp.round(w).astype(jnp.int32)
+
+    msg = "returned an array of shape (3,) and dtype int32, but the parameter has shape (3,) and"
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        jaxcons.apply_constraints({"k": jnp.ones(3)}, {"k": rounds})
+
+
+def test_a_subclass_that_upcasts_bf16_is_an_error_under_jit():
+    class Upcast(jaxcons.Constraint):
+        def __call__(self, w):
+            return w.astype(jnp.float32)
+
+    params = {"k": jnp.ones(3, jnp.bfloat16)}
+    tx = jaxcons.constrain({"k": Upcast()})
+    step = jax.jit(lambda u, s, p: tx.update(u, s, p))
+    with pytest.raises(ValueError, match=r"The constraint Upcast\(\) for parameter 'k'.*float32"):
+        step(params, tx.init(params), params)
+
+
+def test_project_must_return_a_pair_and_keep_its_state_structure():
+    class NoPair(jaxcons.Constraint):
+        def project(self, w, state):
+            return w
+
+    class Grows(jaxcons.StatefulConstraint):
+        def init(self, w):
+            return (jnp.zeros(()),)
+
+        def project(self, w, state):
+            return w, (*state, jnp.zeros(()))
+
+    params = {"k": jnp.ones(2)}
+    for c, msg in [
+        (NoPair(), "NoPair.project for parameter 'k' must return a pair (projected w, new state)"),
+        (Grows(), "Grows.project for parameter 'k' changed the structure of its state"),
+    ]:
+        tx = jaxcons.constrain({"k": c})
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            tx.update(params, tx.init(params), params)
+
+
+def test_a_stateful_constraint_without_init_fails_at_init():
+    class Half(jaxcons.StatefulConstraint):
+        pass
+
+    with pytest.raises(NotImplementedError, match=r"Half must implement init\(w\)"):
+        jaxcons.constrain({"k": Half()}).init({"k": jnp.ones(2)})
+
+
+def test_a_prox_that_changes_the_shape_is_an_error():
+    class BadProx(jaxcons.Regularizer):
+        def __call__(self, x):
+            return jnp.sum(x)
+
+        def prox(self, x, step):
+            return x.sum()
+
+    tx = jaxcons.proximal({"k": BadProx()}, 0.1)
+    params = {"k": jnp.ones(2)}
+    msg = "The proximal operator of BadProx() for parameter 'k' returned an array of shape ()"
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        tx.update(params, tx.init(params), params)
+
+
+# --- kinds are checked ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "use",
+    [
+        lambda rules: jaxcons.constrain(rules),
+        lambda rules: jaxcons.apply_constraints(_params(), rules),
+        lambda rules: jaxcons.flax.TrainState.create(
+            apply_fn=None, params=_params(), tx=optax.sgd(0.1), constraints=rules
+        ),
+        lambda rules: jaxcons.chain(optax.sgd(0.1), constraints=rules),
+    ],
+)
+def test_a_regularizer_where_a_constraint_belongs_is_a_type_error(use):
+    msg = "L2(l2=0.0001) is a regularizer, not a constraint: it belongs in regularizer rules"
+    with pytest.raises(TypeError, match=re.escape(msg)):
+        use({"**/kernel": jaxcons.L2(1e-4)})
+
+
+def test_a_constraint_where_a_regularizer_belongs_is_a_type_error():
+    msg = "NonNeg() is a constraint, not a regularizer: it belongs in constraint rules"
+    with pytest.raises(TypeError, match=re.escape(msg)):
+        jaxcons.penalty(_params(), {"**/bias": jaxcons.NonNeg()})
+    with pytest.raises(TypeError, match=re.escape(msg)):
+        jaxcons.regularize({"**/bias": jaxcons.NonNeg()})
+
+
+def test_a_name_of_the_other_kind_says_so():
+    msg = "'l2' names a regularizer, not a constraint: it belongs in regularizer rules."
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        jaxcons.constraints.get("l2")
+    msg = "'non_neg' names a constraint, not a regularizer"
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        jaxcons.regularizers.get("non_neg")
+
+
+def test_a_name_whose_class_needs_arguments_says_so():
+    with pytest.raises(ValueError, match=r"The constraint identifier 'clip' needs arguments"):
+        jaxcons.constraints.get("clip")
+
+
+# --- grads structured unlike the params ----------------------------------------------------------
+
+
+def test_grads_in_a_frozen_dict_get_a_jaxcons_message():
+    params = _params()
+    grads = flax.core.freeze(jax.tree.map(jnp.ones_like, params))
+    tx = jaxcons.constrain({"**/bias": jaxcons.NonNeg()})
+    msg = (
+        "jaxcons.constrain: the updates do not have the structure of the params (at the top "
+        "level the params have a dict, the updates a FrozenDict)"
+    )
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        tx.update(grads, tx.init(params), params)
+
+
+def test_grads_missing_a_key_name_where():
+    params = _params()
+    grads = {"Dense_0": {"kernel": jnp.ones((3, 2))}}
+    tx = jaxcons.regularize({"**/kernel": jaxcons.L2(0.1)})
+    msg = (
+        "at 'Dense_0' the params have children [DictKey(key='bias'), DictKey(key='kernel')], "
+        "the updates [DictKey(key='kernel')]"
+    )
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        tx.update(grads, tx.init(params), params)
+
+
+# --- bf16 boxes round inward ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_clip_bounds_round_inward_for_narrow_floats(dtype):
+    w = jnp.linspace(-1.0, 1.0, 257).astype(dtype)
+    out = np.asarray(jaxcons.Clip(-0.3, 0.3)(w), np.float64)
+    assert out.max() <= 0.3 and out.min() >= -0.3
+    # The bound itself is the largest value of the dtype not above 0.3.
+    top = float(np.asarray(0.3, dtype))
+    expected = top if top <= 0.3 else float(np.nextafter(np.asarray(0.3, dtype), np.asarray(0, dtype)))
+    assert out.max() == expected
+    # Through constrain, from a feasible start, with float32 updates.
+    params = {"w": jnp.zeros(257, dtype)}
+    tx = jaxcons.constrain({"w": jaxcons.Clip(0.0, 0.3)})
+    updates, _ = tx.update({"w": jnp.linspace(-1, 1, 257)}, tx.init(params), params)
+    with jax.numpy_dtype_promotion("standard"):
+        new = np.asarray(optax.apply_updates(params, updates)["w"], np.float64)
+    assert new.max() <= 0.3 and new.min() >= 0.0
+
+
+def test_float32_bounds_round_to_nearest_as_before():
+    out = jaxcons.Clip(0.0, 0.3)(jnp.ones(1))
+    assert out.dtype == jnp.float32 and float(out[0]) == float(np.float32(0.3))

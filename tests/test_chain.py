@@ -113,7 +113,10 @@ def test_chain_needs_a_gradient_transformation(optimizer, hint):
             {"constraints": RULES, "learning_rate": 0.1},
             "jaxcons.chain got learning_rate=0.1 but no proximal rules",
         ),
-        ({"regularizers": REG, "scratch": True}, "jaxcons.chain got scratch=True but no constraints"),
+        (
+            {"regularizers": REG, "scratch": True},
+            "jaxcons.chain got scratch=True but no constraints",
+        ),
     ],
 )
 def test_chain_validates_its_arguments(kwargs, msg):

@@ -178,7 +178,9 @@ def test_clip_bounds_round_inward_for_narrow_floats(dtype):
     assert out.max() <= 0.3 and out.min() >= -0.3
     # The bound itself is the largest value of the dtype not above 0.3.
     top = float(np.asarray(0.3, dtype))
-    expected = top if top <= 0.3 else float(np.nextafter(np.asarray(0.3, dtype), np.asarray(0, dtype)))
+    expected = (
+        top if top <= 0.3 else float(np.nextafter(np.asarray(0.3, dtype), np.asarray(0, dtype)))
+    )
     assert out.max() == expected
     # Through constrain, from a feasible start, with float32 updates.
     params = {"w": jnp.zeros(257, dtype)}

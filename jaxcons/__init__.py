@@ -9,7 +9,7 @@ import importlib.metadata
 
 from jaxcons import _builtins, constraints, regularizers
 from jaxcons._chain import chain
-from jaxcons._constrain import ConstrainState, apply_constraints, constrain
+from jaxcons._constrain import ConstrainState, apply_constraints, constrain, violations
 from jaxcons._penalties import activity_penalty, penalties, penalty
 from jaxcons._protocol import Constraint, Regularizer, StatefulConstraint
 from jaxcons._regularize import ProximalState, proximal, regularize
@@ -46,6 +46,7 @@ __all__ = [
     "proximal",
     "regularize",
     "regularizers",
+    "violations",
 ]
 __all__ += list(_BUILTIN_NAMES)  # The built-ins, from their table.
 __all__.sort()

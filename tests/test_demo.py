@@ -5,7 +5,6 @@ import re
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 from matplotlib.image import imread
@@ -15,7 +14,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory):
+def demo(tmp_path_factory: pytest.TempPathFactory, standard_promotion):
     """Runs the demo's ``main`` for two epochs; returns (module, result, printed text)."""
     spec = importlib.util.spec_from_file_location("digits_demo", DEMO)
     module = importlib.util.module_from_spec(spec)
@@ -23,9 +22,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory):
         mp.setitem(sys.modules, "digits_demo", module)  # dataclasses look the module up.
         spec.loader.exec_module(module)
         out = tmp_path_factory.mktemp("demo_out")
-        # optax.adam's bias correction computes `decay ** count` (a Python float to an int32
-        # power), which strict promotion rejects; everything else here is strict-clean.
-        with jax.numpy_dtype_promotion("standard"):
+        # The demo builds its own optax.adam, whose bias correction strict promotion rejects
+        # (tests/conftest.py); everything else here is strict-clean.
+        with standard_promotion():
             result = module.main(["--epochs", "2", "--out", str(out), "--seed", "0"])
     return module, result, out
 

@@ -15,10 +15,10 @@ def test_readme_has_runnable_blocks():
 
 
 @pytest.mark.parametrize("source", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
-def test_readme_block_runs(source, capsys):
+def test_readme_block_runs(source, capsys, standard_promotion):
     # The README shows user code as it runs under JAX's defaults (the suite's strict promotion
-    # would also reject optax's Adam, which raises a Python float to an int32 power).
-    with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+    # would also reject the optax.adam it builds; see tests/conftest.py).
+    with standard_promotion(), jax.numpy_rank_promotion("allow"):
         exec(compile(source, str(README), "exec"), {"__name__": "readme"})
     # Each block checks its own claim with an assert (a block that only runs proves little).
     assert "\nassert " in source or "    assert " in source

@@ -44,7 +44,8 @@ default_role = "py:obj"
 # offline, so there is no intersphinx inventory to resolve them against.
 nitpicky = True
 nitpick_ignore_regex = [
-    (r"py:.*", r"(jax|jaxlib|jnp|np|numpy|optax|chex|flax|nn|nnx|keras|tf|re|typing)(\..*)?"),
+    (r"py:.*", r"(jax|jaxlib|jnp|np|numpy|optax|chex|flax|nn|nnx|keras|tf|equinox|eqx|re)(\..*)?"),
+    (r"py:.*", r"(typing|orbax)(\..*)?"),
     (r"py:.*", r"(collections\.abc|dataclasses|functools)\..*"),
     (r"py:.*", r"Any|Callable|Sequence|Mapping|Iterator|NamedTuple|ClassVar|NoneType"),
     (r"py:.*", r"object|type|tuple|list|dict|str|int|float|bool|complex"),

@@ -50,7 +50,7 @@ def key_name(key: Any) -> str:
 
 
 def path_str(keypath: Sequence[Any]) -> str:
-    """Joins a `jax.tree_util` key path into a `/`-separated string.
+    """Joins a `jax.tree_util` key path into a ``/``-separated string.
 
     Dict keys, attribute names and sequence indices each give one segment. Trailing attribute
     keys ``value`` / ``raw_value`` (the payload of a flax metadata box, of nested boxes, or of an

@@ -54,7 +54,7 @@ class ActivityRegularization(nn.Module):
 
 
 class ActivityLoss(nnx.Intermediate):
-    """The nnx variable type holding the loss recorded by `NNXActivityRegularization`.
+    """The nnx variable type holding the loss recorded by `jaxcons.flax.nnx.ActivityRegularization`.
 
     Filter on it like any variable type (``nnx.state(model, ActivityLoss)``); it is not an
     ``nnx.Param``, so ``nnx.grad`` and ``nnx.Optimizer(wrt=nnx.Param)`` leave it alone.

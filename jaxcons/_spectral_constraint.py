@@ -122,7 +122,7 @@ class SpectralNorm(StatefulConstraint):
 
         One SVD of the ``(rows, out)`` matrix, once (it gathers a sharded kernel, like the
         exact projection). A zero kernel has no preferred direction: it gets a fixed random
-        unit vector (`initial_vector`) rather than an axis vector the iteration could never
+        unit vector (drawn with key 0) rather than an axis vector the iteration could never
         leave. Where ``w``'s sharding is known (a concrete array, or a traced one on an
         ``Explicit`` mesh), the vector is sharded like ``w``'s last axis, as `project`
         returns it.

@@ -423,3 +423,17 @@ def test_activity_losses_of_a_model_without_activity_layers_is_zero():
     assert float(jaxcons.flax.activity_losses(collections)) == 0.0
     with pytest.raises(ValueError, match=r"got a mapping with keys \['params'\]"):
         jaxcons.flax.activity_losses({"params": {"w": jnp.ones(2)}})
+
+
+def test_train_state_create_reaches_every_option_of_constrain():
+    params = init_params()  # Dense_0/kernel declares MaxNorm(0.5), scale declares a Clip.
+
+    def create(**kwargs):
+        return TrainState.create(apply_fn=Net().apply, params=params, tx=optax.sgd(0.1), **kwargs)
+
+    # Portable by default: no arrays in the state of a stateless rule set.
+    assert jax.tree_util.tree_leaves(create().constraint_state) == []
+    # The CPU scratch buffer, opted into: one buffer for the norm-bounded kernel only.
+    assert set(create(scratch=True).constraint_state.scratch) == {"Dense_0/kernel"}
+    with pytest.raises(ValueError, match="scratch must be True, False or None, got 'yes'"):
+        create(scratch="yes")

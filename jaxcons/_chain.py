@@ -8,9 +8,10 @@ from typing import Any
 import jax
 import optax
 
-from jaxcons._constrain import constrain
+from jaxcons._constrain import _constrain
+from jaxcons._declarations import declarations, nothing_to_govern
+from jaxcons._regularize import _regularize
 from jaxcons._regularize import proximal as proximal_transform
-from jaxcons._regularize import regularize
 from jaxcons._rules import Rules, RulesLike
 
 __all__ = ["chain"]
@@ -23,6 +24,7 @@ def chain(
     regularizers: RulesLike | Rules | None = None,
     proximal: RulesLike | Rules | None = None,
     learning_rate: float | Callable[[jax.Array], jax.typing.ArrayLike] | None = None,
+    prefer: str | None = None,
     strict: bool | None = None,
     scratch: bool | None = None,
 ) -> optax.GradientTransformation:
@@ -38,22 +40,27 @@ def chain(
        optax.chain(
            jaxcons.regularize(regularizers),              # g + grad(penalty)
            optimizer,                                     # the step
-           jaxcons.proximal(proximal, learning_rate),     # prox of the step
+           jaxcons.proximal(proximal, learning_rate),     # prox of the step (if asked for)
            jaxcons.constrain(constraints),                # projection, last
        )
 
-    leaving out the parts not asked for. Its state is the `optax.chain` state of those parts,
-    in that order.
+    The regularize and constrain parts are always there, so that regularizers and
+    constraints declared on the parameters (linen boxes, nnx variable metadata) are honoured
+    as soon as ``init`` sees them, with or without explicit rules (combined as in
+    `jaxcons.constrain`); with neither rules nor declarations they pass updates through. Its
+    state is the `optax.chain` state of the parts, in that order.
 
     Args:
       optimizer: an `optax.GradientTransformation` (``optax.adam(1e-3)``, ...).
-      constraints: constraint rules for `jaxcons.constrain`, or ``None``.
+      constraints: constraint rules for `jaxcons.constrain`, or ``None`` (declared only).
       regularizers: regularizer rules for `jaxcons.regularize` (the penalty's gradient is
-        added before the optimizer: Keras's coupled semantics), or ``None``.
+        added before the optimizer: Keras's coupled semantics), or ``None`` (declared only).
       proximal: regularizer rules for `jaxcons.proximal` (exact proximal steps after the
         optimizer), or ``None``; needs ``learning_rate``.
       learning_rate: the optimizer's step size (a float or an optax schedule), for
         ``proximal`` only.
+      prefer: where a declaration and an explicit rule differ: ``None`` (an error),
+        ``"declared"`` or ``"explicit"``.
       strict: passed to every part (``None``: each rule set's own default, ``True``).
       scratch: passed to `jaxcons.constrain`.
 
@@ -63,8 +70,9 @@ def chain(
     Raises:
       TypeError: for an ``optimizer`` that is not an `optax.GradientTransformation` (a rule
         mapping given first by mistake, or an optimizer factory not called).
-      ValueError: when no rules are given at all, for ``proximal`` without
-        ``learning_rate`` or ``learning_rate`` without ``proximal``, and as the parts raise.
+      ValueError: for ``proximal`` without ``learning_rate`` or ``learning_rate`` without
+        ``proximal``; at ``init``, when no rules are given and the parameters declare
+        nothing; and as the parts raise.
 
     Example:
       >>> import jax.numpy as jnp, optax, jaxcons
@@ -89,11 +97,6 @@ def chain(
             f"jaxcons.chain needs an optax.GradientTransformation as its first argument, got "
             f"{optimizer!r} of type {type(optimizer).__name__}{hint}."
         )
-    if constraints is None and regularizers is None and proximal is None:
-        raise ValueError(
-            "jaxcons.chain was given no constraints, regularizers or proximal rules: pass at "
-            "least one (or use the optimizer alone)."
-        )
     if proximal is not None and learning_rate is None:
         raise ValueError(
             "jaxcons.chain(proximal=...) needs learning_rate=: the step size of the proximal "
@@ -104,17 +107,20 @@ def chain(
             f"jaxcons.chain got learning_rate={learning_rate!r} but no proximal rules: it is "
             "only used by proximal=; the optimizer has its own learning rate."
         )
-    if scratch is not None and constraints is None:
-        raise ValueError(
-            f"jaxcons.chain got scratch={scratch!r} but no constraints: the scratch buffer is "
-            "an option of jaxcons.constrain."
-        )
-    parts: list[Any] = []
-    if regularizers is not None:
-        parts.append(regularize(regularizers, strict=strict))
+    parts: list[Any] = [_regularize(regularizers, prefer=prefer, strict=strict, optional=True)]
     parts.append(optimizer)
     if proximal is not None:
         parts.append(proximal_transform(proximal, learning_rate, strict=strict))
-    if constraints is not None:
-        parts.append(constrain(constraints, strict=strict, scratch=scratch))
-    return optax.chain(*parts)
+    parts.append(
+        _constrain(constraints, prefer=prefer, strict=strict, scratch=scratch, optional=True)
+    )
+    tx = optax.chain(*parts)
+    if constraints is not None or regularizers is not None or proximal is not None:
+        return tx
+
+    def init_fn(params: optax.Params) -> Any:
+        if not (declarations(params, "constraint") or declarations(params, "regularizer")):
+            raise nothing_to_govern("chain", "constraint or regularizer")
+        return tx.init(params)
+
+    return optax.GradientTransformation(init_fn, tx.update)

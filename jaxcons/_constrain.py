@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import optax
 
 from jaxcons import _scratch, constraints
-from jaxcons._leaf_updates import landing, map_governed, update_delta
+from jaxcons._declarations import DeclaredRules, required_rules
+from jaxcons._leaf_updates import landing, map_governed, require_params, update_delta
 from jaxcons._numerics import accumulation_dtype, inward_bounds
 from jaxcons._protocol import Constraint, FunctionConstraint, call_leaf, project_leaf
 from jaxcons._rules import Rules, RulesLike, build_rules
@@ -98,7 +99,11 @@ def _feasible_delta(c: Constraint, p: jax.Array, y: jax.Array, u_dtype: Any) -> 
 
 
 def constrain(
-    rules: RulesLike | Rules, *, strict: bool | None = None, scratch: bool | None = None
+    rules: RulesLike | Rules | None = None,
+    *,
+    prefer: str | None = None,
+    strict: bool | None = None,
+    scratch: bool | None = None,
 ) -> optax.GradientTransformation:
     """Projects parameters onto their constraints after each update.
 
@@ -107,6 +112,15 @@ def constrain(
     ``params + updates``:
 
     .. math:: u' = P(p + u) - p
+
+    Constraints declared where parameters are made (`jaxcons.flax.with_constraints` boxes,
+    ``nnx.Param(..., constraint=...)`` / ``kernel_metadata``) are honoured whenever ``init``
+    sees them: ``nnx.Optimizer``, flax's own ``TrainState`` and `jaxcons.flax.TrainState`
+    all call it on the declaring tree. They combine with ``rules`` as in
+    `jaxcons.flax.constraint_rules` (an equal explicit rule is no conflict, a different one
+    is an error unless ``prefer`` says which wins); ``constrain()`` with no rules means
+    "the declared constraints only". The rules are fixed at the first ``init`` (``update``
+    of ``nnx.Optimizer`` sees plain arrays, which declare nothing).
 
     Parameters no rule governs keep their updates untouched. Each governed parameter goes
     through its constraint's ``project(x, state)``; constraints with state (`SpectralNorm`)
@@ -128,6 +142,9 @@ def constrain(
     Args:
       rules: ``{pattern: constraint}`` or ``[(pattern, constraint), ...]``; first match wins.
         Constraints may be `Constraint` objects, plain callables, names or config dicts.
+        ``None`` (or empty): the declared constraints only.
+      prefer: where a declared constraint and an explicit rule differ: ``None`` (an error),
+        ``"declared"`` or ``"explicit"``.
       strict: raise if a rule acts on no floating-point parameter (it matches nothing, or
         every parameter it matches is claimed by an earlier rule). ``None`` (default):
         ``True``, or the setting of a `Rules` object passed as ``rules``.
@@ -141,7 +158,9 @@ def constrain(
 
     Raises:
       ValueError: when built, for a ``scratch`` that is not ``True``, ``False`` or ``None``;
-        at ``init``/``update`` when a rule acts on nothing (``strict=True``) or a constraint
+        at ``init`` when there are no rules and nothing is declared, or a declaration and an
+        explicit rule conflict; at ``init``/``update`` when a rule acts on nothing
+        (``strict=True``) or a constraint
         cannot act on a parameter's shape; at ``update`` when ``params`` is missing, the
         updates are not structured like them, or a constraint's output has the wrong shape
         or dtype.
@@ -159,10 +178,29 @@ def constrain(
       >>> state[1]
       ConstrainState(constraint_states={}, scratch={})
     """
+    return _constrain(rules, prefer=prefer, strict=strict, scratch=scratch, optional=False)
+
+
+def _constrain(
+    rules: RulesLike | Rules | None,
+    *,
+    prefer: str | None,
+    strict: bool | None,
+    scratch: bool | None,
+    optional: bool,
+) -> optax.GradientTransformation:
+    """`constrain`; with ``optional``, finding nothing to govern is no error (`jaxcons.chain`
+    always adds this transform, so that declared constraints are never lost)."""
     use_scratch = bool(optional_bool("scratch", scratch))
-    resolved_rules = as_constraint_rules(rules, strict=strict)
+    explicit = None if rules is None else as_constraint_rules(rules, strict=strict)
+    governing = DeclaredRules(
+        explicit, prefer, "constraint", as_constraint_rules, "constrain", optional
+    )
 
     def init_fn(params: optax.Params) -> ConstrainState:
+        resolved_rules = governing.for_tree(params, again=True)
+        if resolved_rules is None:
+            return ConstrainState(constraint_states={}, scratch={})
         resolution = resolved_rules.resolve(params)
         leaves = jax.tree_util.tree_leaves(params, is_leaf=is_masked)
         active = list(resolution.active())
@@ -177,6 +215,9 @@ def constrain(
     def update_fn(
         updates: optax.Updates, state: ConstrainState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, ConstrainState]:
+        resolved_rules = governing.for_tree(require_params(params, "constrain"), again=False)
+        if resolved_rules is None:
+            return updates, state
         new_states = dict(state.constraint_states)
         new_scratch = dict(state.scratch)
 
@@ -196,8 +237,23 @@ def constrain(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _direct_rules(
+    params: optax.Params,
+    rules: RulesLike | Rules | None,
+    prefer: str | None,
+    strict: bool | None,
+    function: str,
+) -> Rules:
+    explicit = None if rules is None else as_constraint_rules(rules, strict=strict)
+    return required_rules(params, explicit, prefer, "constraint", as_constraint_rules, function)
+
+
 def apply_constraints(
-    params: optax.Params, rules: RulesLike | Rules, *, strict: bool | None = None
+    params: optax.Params,
+    rules: RulesLike | Rules | None = None,
+    *,
+    prefer: str | None = None,
+    strict: bool | None = None,
 ) -> optax.Params:
     """Applies constraints to ``params`` directly: the exact projection.
 
@@ -206,8 +262,11 @@ def apply_constraints(
     singular value), checked to keep each parameter's shape and dtype.
 
     Args:
-      params: the parameter pytree.
+      params: the parameter pytree (declarations on boxed linen params or nnx variables are
+        honoured, as in `constrain`).
       rules: ``{pattern: constraint}`` or ``[(pattern, constraint), ...]``; first match wins.
+        ``None``: the declared constraints only.
+      prefer: where a declaration and an explicit rule differ, as in `constrain`.
       strict: raise if a rule acts on no floating-point parameter. ``None`` (default):
         ``True``, or the setting of a `Rules` object passed as ``rules``.
 
@@ -227,7 +286,7 @@ def apply_constraints(
       Array([[0.6],
              [0.8]], dtype=float32)
     """
-    resolution = as_constraint_rules(rules, strict=strict).resolve(params)
+    resolution = _direct_rules(params, rules, prefer, strict, "apply_constraints").resolve(params)
     leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=is_masked)
     for i, path, c in resolution.active():
         leaves[i] = call_leaf(c, path, jnp.asarray(leaves[i]))
@@ -235,7 +294,11 @@ def apply_constraints(
 
 
 def violations(
-    params: optax.Params, rules: RulesLike | Rules, *, strict: bool | None = None
+    params: optax.Params,
+    rules: RulesLike | Rules | None = None,
+    *,
+    prefer: str | None = None,
+    strict: bool | None = None,
 ) -> dict[str, jax.Array]:
     """How far each governed parameter is from its constraint's set: for logging each step.
 
@@ -250,8 +313,10 @@ def violations(
     governed leaf (an SVD for `SpectralNorm`).
 
     Args:
-      params: the parameter pytree.
+      params: the parameter pytree (declarations are honoured, as in `apply_constraints`).
       rules: ``{pattern: constraint}`` or ``[(pattern, constraint), ...]``; first match wins.
+        ``None``: the declared constraints only.
+      prefer: where a declaration and an explicit rule differ, as in `constrain`.
       strict: raise if a rule acts on no floating-point parameter. ``None`` (default):
         ``True``, or the setting of a `Rules` object passed as ``rules``.
 
@@ -268,7 +333,7 @@ def violations(
       >>> jaxcons.violations(params, {"kernel": jaxcons.MaxNorm(5.0), "bias": "non_neg"})
       {'bias': Array(0.25, dtype=float32), 'kernel': Array(0., dtype=float32)}
     """
-    resolution = as_constraint_rules(rules, strict=strict).resolve(params)
+    resolution = _direct_rules(params, rules, prefer, strict, "violations").resolve(params)
     leaves = jax.tree_util.tree_leaves(params, is_leaf=is_masked)
     out = {}
     for i, path, c in resolution.active():

@@ -10,12 +10,20 @@ import jax.numpy as jnp
 import optax
 
 from jaxcons import regularizers
+from jaxcons._declarations import required_rules
 from jaxcons._numerics import accumulation_dtype
 from jaxcons._penalty_math import add_penalties
 from jaxcons._rules import Rules, RulesLike, build_rules
 from jaxcons._tree import is_floating, is_masked
 
-__all__ = ["activity_penalty", "as_regularizer_rules", "leaf_penalty", "penalties", "penalty"]
+__all__ = [
+    "activity_penalty",
+    "as_regularizer_rules",
+    "leaf_penalty",
+    "penalties",
+    "penalty",
+    "regularizer_rules_for",
+]
 
 
 def as_regularizer_rules(rules: RulesLike | Rules, *, strict: bool | None = None) -> Rules:
@@ -41,17 +49,41 @@ def leaf_penalty(regularizer: Any, x: jax.Array, path: str | None) -> jax.Array:
     return value.astype(accumulation_dtype(value.dtype))
 
 
+def regularizer_rules_for(
+    params: optax.Params,
+    rules: RulesLike | Rules | None,
+    prefer: str | None,
+    strict: bool | None,
+    function: str,
+) -> Rules:
+    """The regularizer rules governing ``params``: declared ones and ``rules``, combined.
+
+    Raises:
+      ValueError: naming ``function``, when there are no rules and nothing is declared.
+    """
+    explicit = None if rules is None else as_regularizer_rules(rules, strict=strict)
+    return required_rules(params, explicit, prefer, "regularizer", as_regularizer_rules, function)
+
+
 def _governed(
-    params: optax.Params, rules: RulesLike | Rules, strict: bool
+    params: optax.Params,
+    rules: RulesLike | Rules | None,
+    prefer: str | None,
+    strict: bool | None,
+    function: str,
 ) -> Iterator[tuple[str, jax.Array, Any]]:
-    resolution = as_regularizer_rules(rules, strict=strict).resolve(params)
+    resolution = regularizer_rules_for(params, rules, prefer, strict, function).resolve(params)
     leaves = jax.tree_util.tree_leaves(params, is_leaf=is_masked)
     for i, path, r in resolution.active():
         yield path, leaves[i], r
 
 
 def penalties(
-    params: optax.Params, rules: RulesLike | Rules, *, strict: bool | None = None
+    params: optax.Params,
+    rules: RulesLike | Rules | None = None,
+    *,
+    prefer: str | None = None,
+    strict: bool | None = None,
 ) -> dict[str, jax.Array]:
     """The penalty of every parameter a rule governs, by path: for logging.
 
@@ -60,8 +92,12 @@ def penalties(
     Args:
       params: the parameter pytree.
       rules: ``{pattern: regularizer}`` or ``[(pattern, regularizer), ...]``; first match
-        wins, ``None`` exempts. Regularizers may be `Regularizer` objects, plain callables
-        ``x -> scalar``, names or config dicts.
+        wins, a value ``None`` exempts. Regularizers may be `Regularizer` objects, plain
+        callables ``x -> scalar``, names or config dicts. Regularizers declared on the
+        parameters (linen boxes, nnx variables) are honoured too, as in `jaxcons.constrain`;
+        ``rules=None``: the declared ones only.
+      prefer: where a declaration and an explicit rule differ: ``None`` (an error),
+        ``"declared"`` or ``"explicit"``.
       strict: raise if a rule matches no floating-point parameter. ``None`` (default):
         ``True``, or the setting of a `Rules` object passed as ``rules``.
 
@@ -78,11 +114,16 @@ def penalties(
       >>> jaxcons.penalties(params, {"kernel": "l2", "bias": jaxcons.L1(0.1)})
       {'bias': Array(0.2, dtype=float32), 'kernel': Array(0.04, dtype=float32)}
     """
-    return {path: leaf_penalty(r, x, path) for path, x, r in _governed(params, rules, strict)}
+    governed = _governed(params, rules, prefer, strict, "penalties")
+    return {path: leaf_penalty(r, x, path) for path, x, r in governed}
 
 
 def penalty(
-    params: optax.Params, rules: RulesLike | Rules, *, strict: bool | None = None
+    params: optax.Params,
+    rules: RulesLike | Rules | None = None,
+    *,
+    prefer: str | None = None,
+    strict: bool | None = None,
 ) -> jax.Array:
     """The total penalty of a parameter tree: add it to the loss.
 
@@ -95,7 +136,8 @@ def penalty(
     Args:
       params: the parameter pytree.
       rules: ``{pattern: regularizer}`` or ``[(pattern, regularizer), ...]``; first match
-        wins, ``None`` exempts.
+        wins, a value ``None`` exempts; ``rules=None``: the declared regularizers only.
+      prefer: as in `penalties`.
       strict: raise if a rule matches no floating-point parameter. ``None`` (default):
         ``True``, or the setting of a `Rules` object passed as ``rules``.
 
@@ -114,9 +156,8 @@ def penalty(
       >>> jax.grad(jaxcons.penalty)(params, rules)["bias"]
       Array([ 0.1, -0.1], dtype=float32)
     """
-    return add_penalties(
-        [leaf_penalty(r, x, path) for path, x, r in _governed(params, rules, strict)]
-    )
+    governed = _governed(params, rules, prefer, strict, "penalty")
+    return add_penalties([leaf_penalty(r, x, path) for path, x, r in governed])
 
 
 def activity_penalty(regularizer: Any, outputs: Any) -> jax.Array:

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxcons._leaf_updates import landing, map_governed, update_delta
+from jaxcons._declarations import DeclaredRules
+from jaxcons._leaf_updates import landing, map_governed, require_params, update_delta
 from jaxcons._penalties import as_regularizer_rules, leaf_penalty
 from jaxcons._protocol import check_like
 from jaxcons._rules import Rules, RulesLike
@@ -31,7 +32,10 @@ class ProximalState(NamedTuple):
 
 
 def regularize(
-    rules: RulesLike | Rules, *, strict: bool | None = None
+    rules: RulesLike | Rules | None = None,
+    *,
+    prefer: str | None = None,
+    strict: bool | None = None,
 ) -> optax.GradientTransformation:
     """Adds the gradient of the penalty to the incoming gradients (Keras's coupled semantics).
 
@@ -47,19 +51,26 @@ def regularize(
     Adam's coupled L2, not decoupled weight decay; `proximal` (or `optax.adamw`) gives the
     decoupled form.
 
+    Regularizers declared on the parameters (linen boxes, nnx variable metadata) are honoured
+    whenever ``init`` sees them, combined with ``rules`` as in `jaxcons.constrain`;
+    ``regularize()`` means "the declared regularizers only".
+
     Args:
       rules: ``{pattern: regularizer}`` or ``[(pattern, regularizer), ...]``; first match wins,
-        ``None`` exempts. Regularizers may be `Regularizer` objects, plain callables
-        ``x -> scalar``, names or config dicts.
-      strict: raise if a rule matches no floating-point parameter. ``None`` (default):
+        a value ``None`` exempts. Regularizers may be `Regularizer` objects, plain callables
+        ``x -> scalar``, names or config dicts. ``None`` (or empty): the declared ones only.
+      prefer: where a declaration and an explicit rule differ: ``None`` (an error),
+        ``"declared"`` or ``"explicit"``.
+      strict: raise if a rule acts on no floating-point parameter. ``None`` (default):
         ``True``, or the setting of a `Rules` object passed as ``rules``.
 
     Returns:
       An `optax.GradientTransformation` whose state is `optax.EmptyState`.
 
     Raises:
-      ValueError: at ``init``/``update`` when a rule matches nothing (``strict=True``) or a
-        regularizer cannot act on a parameter's shape; at ``update`` when ``params`` is missing.
+      ValueError: at ``init`` when there are no rules and nothing is declared; at
+        ``init``/``update`` when a rule acts on nothing (``strict=True``) or a regularizer
+        cannot act on a parameter's shape; at ``update`` when ``params`` is missing.
 
     Example:
       >>> import jax.numpy as jnp, optax, jaxcons
@@ -70,15 +81,31 @@ def regularize(
       >>> optax.apply_updates(params, updates)["kernel"]
       Array([ 0.9, -1.8], dtype=float32)
     """
-    resolved_rules = as_regularizer_rules(rules, strict=strict)
+    return _regularize(rules, prefer=prefer, strict=strict, optional=False)
+
+
+def _regularize(
+    rules: RulesLike | Rules | None, *, prefer: str | None, strict: bool | None, optional: bool
+) -> optax.GradientTransformation:
+    """`regularize`; with ``optional``, finding nothing to govern is no error."""
+    explicit = None if rules is None else as_regularizer_rules(rules, strict=strict)
+    governing = DeclaredRules(
+        explicit, prefer, "regularizer", as_regularizer_rules, "regularize", optional
+    )
 
     def init_fn(params: optax.Params) -> optax.EmptyState:
-        resolved_rules.resolve(params)
+        resolved_rules = governing.for_tree(params, again=True)
+        if resolved_rules is not None:
+            resolved_rules.resolve(params)
         return optax.EmptyState()
 
     def update_fn(
         updates: optax.Updates, state: optax.EmptyState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, optax.EmptyState]:
+        resolved_rules = governing.for_tree(require_params(params, "regularize"), again=False)
+        if resolved_rules is None:
+            return updates, state
+
         def add_gradient(path: str, r: Any, p: jax.Array, u: jax.Array) -> jax.Array:
             g = jax.grad(lambda x: leaf_penalty(r, x, path))(p)
             return u + g.astype(u.dtype)

@@ -66,11 +66,16 @@ def test_the_order_chain_prevents_fails_silently_by_hand():
     assert float(right["dense"]["bias"].min()) >= 0.0
 
 
-def test_chain_leaves_out_the_parts_not_asked_for():
-    tx = jaxcons.chain(optax.sgd(0.1), regularizers=REG)
-    state = tx.init(_params())
-    assert len(state) == 2  # regularize, sgd
+def test_chain_state_is_the_same_with_or_without_rules_of_each_kind():
+    # regularize and constrain are always there (declared rules must never be lost); without
+    # rules or declarations they pass updates through and keep no arrays.
+    state = jaxcons.chain(optax.sgd(0.1), regularizers=REG).init(_params())
+    assert len(state) == 3  # regularize, sgd, constrain
     assert isinstance(state[0], optax.EmptyState)
+    assert state[-1] == jaxcons.ConstrainState(constraint_states={}, scratch={})
+    got = _run(jaxcons.chain(optax.sgd(0.1), regularizers=REG))
+    by_hand = _run(optax.chain(jaxcons.regularize(REG), optax.sgd(0.1)))
+    jax.tree.map(np.testing.assert_array_equal, got, by_hand)
     state = jaxcons.chain(optax.sgd(0.1), constraints=RULES).init(_params())
     assert isinstance(state[-1], jaxcons.ConstrainState)
 
@@ -107,21 +112,23 @@ def test_chain_needs_a_gradient_transformation(optimizer, hint):
 @pytest.mark.parametrize(
     ("kwargs", "msg"),
     [
-        ({}, "jaxcons.chain was given no constraints, regularizers or proximal rules"),
         ({"proximal": PROX}, "jaxcons.chain(proximal=...) needs learning_rate="),
         (
             {"constraints": RULES, "learning_rate": 0.1},
             "jaxcons.chain got learning_rate=0.1 but no proximal rules",
-        ),
-        (
-            {"regularizers": REG, "scratch": True},
-            "jaxcons.chain got scratch=True but no constraints",
         ),
     ],
 )
 def test_chain_validates_its_arguments(kwargs, msg):
     with pytest.raises(ValueError, match=re.escape(msg)):
         jaxcons.chain(optax.sgd(0.1), **kwargs)
+
+
+def test_chain_without_rules_needs_declarations():
+    tx = jaxcons.chain(optax.sgd(0.1))
+    msg = "jaxcons.chain has no constraint or regularizer rules and no parameter declares"
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        tx.init(_params())
 
 
 def test_chain_passes_strict_and_scratch_on():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -56,10 +58,13 @@ def test_linen_rules_are_relative_to_the_tree_given():
         jaxcons.apply_constraints(nn.unbox(variables["params"]), constraint_rules(variables))
 
 
-def test_unboxed_trees_declare_nothing():
+def test_unboxed_trees_declare_nothing_and_say_so():
     params = nn.unbox(linen_variables()["params"])
-    assert constraint_rules(params) == []
-    assert regularizer_rules(params) == []
+    msg = "No parameter of this dict declares a {}. A pure tree"
+    with pytest.raises(ValueError, match=re.escape(msg.format("constraint"))):
+        constraint_rules(params)
+    with pytest.raises(ValueError, match=re.escape(msg.format("regularizer"))):
+        regularizer_rules(params)
     assert constraint_rules(params, {"**/bias": NonNeg()}) == [("**/bias", NonNeg())]
 
 
@@ -209,7 +214,8 @@ def test_nnx_module_and_state_declarations():
     assert constraint_rules(nnx.state(model)) == expected
     assert constraint_rules(nnx.state(model, nnx.Param)) == expected[1:]
     assert regularizer_rules(model) == [("layers/1/bias", L2(0.5)), ("scale", L1(0.01))]
-    assert constraint_rules(nnx.as_pure(nnx.state(model))) == []
+    with pytest.raises(ValueError, match="No parameter of this State declares a constraint"):
+        constraint_rules(nnx.as_pure(nnx.state(model)))
 
 
 def test_nnx_rules_resolve_on_variables_and_on_pure_arrays_alike():

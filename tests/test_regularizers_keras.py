@@ -10,8 +10,12 @@ keras = pytest.importorskip("keras")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from jaxcons import regularizers  # noqa: E402
-from jaxcons import activity_penalty, penalties, penalty  # noqa: E402
+from jaxcons import (  # noqa: E402
+    activity_penalty,
+    penalties,
+    penalty,
+    regularizers,
+)
 from jaxcons.regularizers import L1, L1L2, L2, OrthogonalRegularizer  # noqa: E402
 
 pytestmark = pytest.mark.keras

@@ -17,6 +17,7 @@ from jaxcons._tree import is_floating, path_str
 from jaxcons.flax._boxes import Constrained
 
 __all__ = [
+    "combine",
     "constraint_rules",
     "declared",
     "exact_pattern",
@@ -120,16 +121,18 @@ def _drop_overridden(
     return kept
 
 
-def _combine(
-    x: Any,
-    explicit: RulesLike | Rules | None,
-    prefer: str | None,
-    key: str,
-    as_rules: Callable[..., Rules],
+def combine(
+    x: Any, explicit: RulesLike | Rules | None, prefer: str | None, key: str
 ) -> list[tuple[Any, Any]]:
-    """Declared rules of ``x`` combined with ``explicit`` ones; see `constraint_rules`."""
+    """Declared rules of ``x`` combined with ``explicit`` ones; see `constraint_rules`.
+
+    ``key`` is ``"constraint"`` or ``"regularizer"``.
+    """
     if prefer not in _PREFER:
         raise ValueError(f"prefer must be None, 'declared' or 'explicit', got {prefer!r}.")
+    as_rules: Callable[..., Rules] = (
+        as_constraint_rules if key == "constraint" else as_regularizer_rules
+    )
     decls = declared(x, key)
     decl_rules = as_rules([(exact_pattern(p), v) for p, v, _ in decls], strict=False)
     if explicit is None:
@@ -156,6 +159,21 @@ def _combine(
     leaves = [(p, leaf) for p, _, leaf in _nodes(x) if is_floating(leaf)]
     combined = list(first) + _drop_overridden(list(first), list(second), leaves)
     return [(r.pattern, r.value) for r in combined]
+
+
+def _checked(
+    x: Any, explicit: RulesLike | Rules | None, prefer: str | None, key: str
+) -> list[tuple[Any, Any]]:
+    """`combine`, except that no declaration and no explicit rule is an error."""
+    pairs = combine(x, explicit, prefer, key)
+    if not pairs and explicit is None:
+        raise ValueError(
+            f"No parameter of this {type(x).__name__} declares a {key}. A pure tree "
+            "(nnx.to_pure_dict, nnx.as_pure, nn.unbox, or the arrays nnx.Optimizer.update "
+            f"sees) has lost its declarations: pass the nnx model or nnx.state(model), or the "
+            f"boxed linen params; or give explicit rules."
+        )
+    return pairs
 
 
 def constraint_rules(
@@ -191,7 +209,8 @@ def constraint_rules(
     Raises:
       ValueError: for a parameter with both a declared and an explicit constraint (and
         ``prefer=None``), naming its path; for an invalid ``prefer``; for an unknown
-        constraint name.
+        constraint name; when nothing is declared and no explicit rules are given (a pure
+        tree has lost its declarations).
 
     Example:
       >>> import jax.numpy as jnp, jaxcons, jaxcons.flax
@@ -204,7 +223,7 @@ def constraint_rules(
       >>> jaxcons.flax.constraint_rules(model, {"**/kernel": jaxcons.Clip(-1.0, 1.0)})
       [('scale', NonNeg()), ('**/kernel', Clip(min_value=-1.0, max_value=1.0))]
     """
-    return _combine(x, explicit, prefer, "constraint", as_constraint_rules)
+    return _checked(x, explicit, prefer, "constraint")
 
 
 def regularizer_rules(
@@ -235,4 +254,4 @@ def regularizer_rules(
       >>> jaxcons.flax.regularizer_rules(layer)
       [('kernel', L2(l2=0.01))]
     """
-    return _combine(x, explicit, prefer, "regularizer", as_regularizer_rules)
+    return _checked(x, explicit, prefer, "regularizer")

@@ -5,16 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import struct
 from flax.core import meta
 from flax.linen.fp8_ops import OVERWRITE_WITH_GRADIENT
 from flax.training import train_state
 
-from jaxcons._constrain import ConstrainState, as_constraint_rules, constrain
+from jaxcons._constrain import ConstrainState, _constrain, as_constraint_rules
 from jaxcons._penalties import as_regularizer_rules, penalties, penalty
 from jaxcons._rules import Rules, RulesLike
-from jaxcons.flax._declared import constraint_rules, regularizer_rules
+from jaxcons.flax._declared import combine
 
 __all__ = ["TrainState"]
 
@@ -106,13 +107,16 @@ class TrainState(train_state.TrainState):
         """
         plain = meta.unbox(params)
         c_rules = as_constraint_rules(
-            constraint_rules(params, constraints, prefer=prefer), strict=strict
+            combine(params, constraints, prefer, "constraint"), strict=strict
         )
         r_rules = as_regularizer_rules(
-            regularizer_rules(params, regularizers, prefer=prefer), strict=strict
+            combine(params, regularizers, prefer, "regularizer"), strict=strict
         )
         r_rules.resolve(plain)  # Validate now: strictness and shape checks.
-        constraint_tx = constrain(c_rules, strict=strict, scratch=scratch)
+        # No rules and no declarations is plain flax: the transform then passes updates on.
+        constraint_tx = _constrain(
+            c_rules, prefer=None, strict=strict, scratch=scratch, optional=True
+        )
         return super().create(
             apply_fn=apply_fn,
             params=params,
@@ -172,8 +176,12 @@ class TrainState(train_state.TrainState):
         Returns:
           A scalar in at least float32 (0.0 without regularizers).
         """
+        if not len(self.regularizers):
+            return jnp.zeros((), jnp.float32)
         return penalty(meta.unbox(params), self.regularizers, strict=self.regularizers.strict)
 
     def penalties(self, params: optax.Params) -> dict[str, jax.Array]:
         """The penalty of every regularized parameter, by path (for logging)."""
+        if not len(self.regularizers):
+            return {}
         return penalties(meta.unbox(params), self.regularizers, strict=self.regularizers.strict)

@@ -41,10 +41,14 @@ class ConstrainState(NamedTuple):
         option): a buffer of the parameter's shape and dtype for every parameter whose
         constraint is not elementwise, holding the last unprojected ``params + updates``;
         empty otherwise. No result depends on its contents.
+      count: the number of updates so far (int32), where a constraint has a hyper-parameter
+        given as a schedule (evaluated at it, as `optax.scale_by_schedule` does); ``None``
+        otherwise.
     """
 
     constraint_states: dict[str, Any]
     scratch: dict[str, jax.Array] = {}  # noqa: RUF012 (shared but never mutated)
+    count: jax.Array | None = None
 
 
 def _as_constraint(identifier: Any) -> Constraint:
@@ -176,7 +180,7 @@ def constrain(
       >>> optax.apply_updates(params, updates)["bias"]
       Array([0., 1.], dtype=float32)
       >>> state[1]
-      ConstrainState(constraint_states={}, scratch={})
+      ConstrainState(constraint_states={}, scratch={}, count=None)
     """
     return _constrain(rules, prefer=prefer, strict=strict, scratch=scratch, optional=False)
 
@@ -210,7 +214,9 @@ def _constrain(
             if not isinstance(s, optax.EmptyState):
                 states[path] = s
         buffers = _scratch.new_buffers(active, leaves) if use_scratch else {}
-        return ConstrainState(constraint_states=states, scratch=buffers)
+        scheduled = any(c.is_scheduled for _, _, c in active)
+        count = jnp.zeros([], jnp.int32) if scheduled else None
+        return ConstrainState(constraint_states=states, scratch=buffers, count=count)
 
     def update_fn(
         updates: optax.Updates, state: ConstrainState, params: optax.Params | None = None
@@ -222,6 +228,8 @@ def _constrain(
         new_scratch = dict(state.scratch)
 
         def project(path: str, c: Constraint, p: jax.Array, u: jax.Array) -> jax.Array:
+            if c.is_scheduled:
+                c = c.at_step(_count(state, path, c))
             x = landing(p, u)
             if path in state.scratch:
                 x = new_scratch[path] = _scratch.write(state.scratch[path], x)
@@ -232,9 +240,20 @@ def _constrain(
             return _feasible_delta(c, p, y, u.dtype)
 
         out = map_governed(resolved_rules, updates, params, "constrain", project)
-        return out, ConstrainState(constraint_states=new_states, scratch=new_scratch)
+        count = None if state.count is None else optax.safe_increment(state.count)
+        return out, ConstrainState(new_states, new_scratch, count)
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _count(state: ConstrainState, path: str, c: Constraint) -> jax.Array:
+    if state.count is None:
+        raise ValueError(
+            f"The constraint {c!r} for parameter {path!r} has a scheduled hyper-parameter, but "
+            "this ConstrainState has no step count: it was made by an init that saw no "
+            "scheduled constraint (initialise the transform on the parameters it updates)."
+        )
+    return state.count
 
 
 def _direct_rules(

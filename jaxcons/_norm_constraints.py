@@ -10,9 +10,21 @@ import jax.numpy as jnp
 
 from jaxcons._projections import max_norm, min_max_norm, unit_norm
 from jaxcons._protocol import Constraint
+from jaxcons._schedules import schedulable, start
 from jaxcons._validation import axis_argument, axis_config, real_number, resolve_axes
 
 __all__ = ["MaxNorm", "MinMaxNorm", "UnitNorm"]
+
+
+def _nonnegative(name: str, value: Any) -> float:
+    return real_number(name, value, minimum=0.0)
+
+
+def _rate(name: str, value: Any) -> float:
+    rate = real_number(name, value)
+    if not 0 < rate <= 1:
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}.")
+    return rate
 
 
 def _axes(c: Any, shape: tuple[int, ...], path: str) -> tuple[int, ...]:
@@ -33,7 +45,9 @@ class MaxNorm(Constraint):
     with a finite gradient. Norms accumulate in at least float32; shape and dtype are kept.
 
     Args:
-      max_value: the radius ``c >= 0`` (``0`` projects every vector to zero).
+      max_value: the radius ``c >= 0`` (``0`` projects every vector to zero), or an optax
+        schedule of it, evaluated at `jaxcons.constrain`'s step count (``MaxNorm(
+        optax.linear_schedule(4.0, 1.0, 1000))`` tightens the bound over training).
       axis: the axis (or list/tuple of axes) the norms run over; negative values count from
         the end; ``None`` takes one norm over the whole tensor (as Keras configs may say).
         ``0`` for a Dense kernel ``(in, out)`` constrains each column; ``[0, 1, 2]`` for a
@@ -58,7 +72,7 @@ class MaxNorm(Constraint):
     """
 
     def __init__(self, max_value: float = 2.0, axis: int | Sequence[int] | None = 0):
-        self._max = real_number("max_value", max_value, minimum=0.0)
+        self._max = schedulable("max_value", max_value, _nonnegative)
         self.max_value = max_value
         self.axis = axis_argument(axis)
 
@@ -89,7 +103,8 @@ class MinMaxNorm(Constraint):
     Args:
       min_value: the lower bound ``a >= 0`` on the norm.
       max_value: the upper bound ``b >= a`` on the norm.
-      rate: ``r`` in ``(0, 1]``: ``1`` enforces the bounds at once.
+      rate: ``r`` in ``(0, 1]``: ``1`` enforces the bounds at once. Each of the three may be
+        an optax schedule, as in `MaxNorm` (checked at step 0).
       axis: the axis (or list/tuple of axes) the norms run over, as in `MaxNorm`.
 
     Raises:
@@ -113,16 +128,14 @@ class MinMaxNorm(Constraint):
         rate: float = 1.0,
         axis: int | Sequence[int] | None = 0,
     ):
-        self._min = real_number("min_value", min_value, minimum=0.0)
-        self._max = real_number("max_value", max_value, minimum=0.0)
-        if self._min > self._max:
+        self._min = schedulable("min_value", min_value, _nonnegative)
+        self._max = schedulable("max_value", max_value, _nonnegative)
+        if start(self._min) > start(self._max):
             raise ValueError(
                 f"MinMaxNorm needs min_value <= max_value, got min_value={min_value!r} > "
                 f"max_value={max_value!r}."
             )
-        self._rate = real_number("rate", rate)
-        if not 0 < self._rate <= 1:
-            raise ValueError(f"rate must be in (0, 1], got {rate!r}.")
+        self._rate = schedulable("rate", rate, _rate)
         self.min_value = min_value
         self.max_value = max_value
         self.rate = rate

@@ -7,6 +7,7 @@ Both are `Configurable`: rebuilt from their constructor arguments, which also gi
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -18,6 +19,7 @@ import optax
 
 from jaxcons._numerics import accumulation_dtype
 from jaxcons._penalty_math import add_penalties
+from jaxcons._schedules import Scheduled
 from jaxcons._tree import is_floating, is_masked, is_single_floating_array
 
 __all__ = [
@@ -118,6 +120,12 @@ def _leafwise(fn: Callable[[Any, jax.Array], jax.Array]) -> Callable[[Any, Any],
 
     @functools.wraps(fn)
     def wrapper(self: Any, w: Any) -> Any:
+        if self.is_scheduled:
+            raise ValueError(
+                f"{self!r} has hyper-parameters given as schedules, which need a step count: "
+                "use it inside jaxcons.constrain (which evaluates them at its own step count), "
+                "or call constraint.at_step(count)(w)."
+            )
         if is_single_floating_array(self, w):
             return fn(self, w)
         return jax.tree_util.tree_map(
@@ -147,6 +155,9 @@ class Constraint(Configurable):
     * ``elementwise_bounds``: ``(lower, upper)`` (either may be ``None``) for constraints whose
       set is an elementwise box; `jaxcons.constrain` then keeps the applied parameters
       exactly inside it after ``optax.apply_updates``.
+
+    Scalar hyper-parameters validated with ``jaxcons._schedules.schedulable`` may be optax
+    schedules; `jaxcons.constrain` evaluates them at its own step count through `at_step`.
 
     Outputs are checked: a projection that changes the parameter's shape or dtype, or a
     ``project`` that changes the structure of its state, is a ``ValueError`` naming the
@@ -182,6 +193,39 @@ class Constraint(Configurable):
         """Returns the state `jaxcons.constrain` keeps for parameter ``w`` (default: none)."""
         del w
         return optax.EmptyState()
+
+    @property
+    def is_scheduled(self) -> bool:
+        """Whether a hyper-parameter was given as a schedule (``MaxNorm(linear_schedule(...))``)."""
+        return any(isinstance(v, Scheduled) for v in vars(self).values())
+
+    def at_step(self, count: jax.typing.ArrayLike) -> Constraint:
+        """This constraint with every scheduled hyper-parameter evaluated at step ``count``.
+
+        `jaxcons.constrain` calls it with its own step count; an unscheduled constraint
+        returns itself.
+
+        Args:
+          count: the step (an int32 scalar, traced or not).
+
+        Returns:
+          A constraint of the same class whose hyper-parameters are numbers (float32 scalars).
+
+        Example:
+          >>> import jax.numpy as jnp, optax, jaxcons
+          >>> c = jaxcons.MaxNorm(optax.linear_schedule(4.0, 1.0, 10))
+          >>> c.at_step(5)(jnp.array([[3.0], [4.0]]))
+          Array([[1.5],
+                 [2. ]], dtype=float32)
+        """
+        scheduled = {k: v for k, v in vars(self).items() if isinstance(v, Scheduled)}
+        if not scheduled:
+            return self
+        out = copy.copy(self)
+        count = jnp.asarray(count)
+        for key, value in scheduled.items():
+            setattr(out, key, value.at(count))
+        return out
 
     def project(self, w: jax.Array, state: Any) -> tuple[jax.Array, Any]:
         """Projects ``w`` inside `jaxcons.constrain`; returns ``(projected w, new state)``."""

@@ -139,6 +139,12 @@ class Registry:
                 f"serialized (a plain function has no config); subclass {self.base.__name__} "
                 f"and register it with jaxcons.{self.kind}s.register."
             )
+        if getattr(obj, "is_scheduled", False):
+            raise ValueError(
+                f"Cannot serialize {obj!r}: a hyper-parameter is a schedule, which is code, not "
+                "data. Serialize the constraint with fixed values and rebuild the schedule in "
+                "code."
+            )
         name = type(obj).__dict__.get("_jaxcons_registered_name")
         if name is None or self._classes.get(name) is not type(obj):
             raise ValueError(

@@ -18,6 +18,7 @@ from jaxcons._projections import (
     top_right_singular_vector,
 )
 from jaxcons._protocol import StatefulConstraint
+from jaxcons._schedules import Scheduled, schedulable
 from jaxcons._validation import positive_int, real_number
 
 __all__ = ["SpectralNorm", "SpectralNormState"]
@@ -35,6 +36,10 @@ class SpectralNormState(NamedTuple):
     """
 
     u: jax.Array
+
+
+def _positive(name: str, value: Any) -> float:
+    return real_number(name, value, minimum=0.0, strict=True)
 
 
 class SpectralNorm(StatefulConstraint):
@@ -67,7 +72,8 @@ class SpectralNorm(StatefulConstraint):
     a vector's L2 norm, use ``MaxNorm(max_value, axis=0)``.
 
     Args:
-      max_value: the bound ``c`` on the largest singular value (finite, > 0).
+      max_value: the bound ``c`` on the largest singular value (finite, > 0), or an optax
+        schedule of it (evaluated at `jaxcons.constrain`'s step count).
       n_power_iterations: power-iteration steps per `project` call (a positive int).
 
     Raises:
@@ -96,7 +102,8 @@ class SpectralNorm(StatefulConstraint):
     """
 
     def __init__(self, max_value: float = 1.0, n_power_iterations: int = 1):
-        self.max_value = real_number("max_value", max_value, minimum=0.0, strict=True)
+        self._max = schedulable("max_value", max_value, _positive)
+        self.max_value = max_value if isinstance(self._max, Scheduled) else self._max
         self.n_power_iterations = positive_int("n_power_iterations", n_power_iterations)
 
     def check(self, shape: tuple[int, ...], path: str) -> None:
@@ -115,7 +122,7 @@ class SpectralNorm(StatefulConstraint):
 
     def __call__(self, w: jax.Array) -> jax.Array:
         w = jnp.asarray(w)
-        return clip_spectral_norm(w, exact_sigma(self._matrix(w)), self.max_value)
+        return clip_spectral_norm(w, exact_sigma(self._matrix(w)), self._max)
 
     def init(self, w: jax.Array) -> SpectralNormState:
         """Returns the start of the power iteration: ``w``'s exact top right singular vector.
@@ -142,7 +149,7 @@ class SpectralNorm(StatefulConstraint):
         self.check(tuple(w.shape), "")
         kernel = w.astype(accumulation_dtype(w.dtype))
         sigma, u = power_iteration(kernel, state.u, self.n_power_iterations)
-        return clip_spectral_norm(w, sigma, self.max_value), SpectralNormState(u=u)
+        return clip_spectral_norm(w, sigma, self._max), SpectralNormState(u=u)
 
     def get_config(self) -> dict[str, Any]:
         return {"max_value": self.max_value, "n_power_iterations": self.n_power_iterations}

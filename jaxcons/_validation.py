@@ -62,7 +62,8 @@ def real_number(
     if isinstance(value, jax.core.Tracer):
         raise ValueError(
             f"{name} must be a concrete number when the object is built, got a traced value "
-            f"{value!r}: hyper-parameters are static; build the object outside jax.jit."
+            f"{value!r}. For a hyper-parameter that changes during training, pass an optax "
+            f"schedule (count -> value), which jaxcons.constrain evaluates at its own step count."
         )
     if not _is_real_scalar(value):
         raise ValueError(f"{name} must be a real number, got {value!r}.")

@@ -6,10 +6,12 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from jaxcons._constrain import _constrain
 from jaxcons._declarations import declarations, nothing_to_govern
+from jaxcons._leaf_updates import require_params
 from jaxcons._regularize import _regularize
 from jaxcons._regularize import proximal as proximal_transform
 from jaxcons._rules import Rules, RulesLike
@@ -43,6 +45,13 @@ def chain(
            jaxcons.proximal(proximal, learning_rate),     # prox of the step (if asked for)
            jaxcons.constrain(constraints),                # projection, last
        )
+
+    With a schedule-free optimizer (``optax.contrib.schedule_free_adamw`` and the like) the
+    constraints hold for the params users evaluate, ``schedule_free_eval_params``: the
+    chain projects the optimizer's base iterate ``z`` and moves the params to match (exact
+    for convex sets up to rounding). Placed by hand after a schedule-free optimizer,
+    `jaxcons.constrain` would project only the interpolated params and the evaluated ones
+    would leave the set.
 
     The regularize and constrain parts are always there, so that regularizers and
     constraints declared on the parameters (linen boxes, nnx variable metadata) are honoured
@@ -115,12 +124,83 @@ def chain(
         _constrain(constraints, prefer=prefer, strict=strict, scratch=scratch, optional=True)
     )
     tx = optax.chain(*parts)
-    if constraints is not None or regularizers is not None or proximal is not None:
-        return tx
+    given = constraints is not None or regularizers is not None or proximal is not None
 
     def init_fn(params: optax.Params) -> Any:
-        if not (declarations(params, "constraint") or declarations(params, "regularizer")):
+        if not given and not (
+            declarations(params, "constraint") or declarations(params, "regularizer")
+        ):
             raise nothing_to_govern("chain", "constraint or regularizer")
-        return tx.init(params)
+        state = tx.init(params)
+        if _schedule_free(state[1], top=True) and proximal is not None:
+            raise ValueError(
+                "jaxcons.chain: proximal steps are not supported with a schedule-free "
+                "optimizer (its evaluated params are an average the prox does not see)."
+            )
+        return state
 
-    return optax.GradientTransformation(init_fn, tx.update)
+    def update_fn(
+        updates: optax.Updates, state: Any, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, Any]:
+        if not _schedule_free(state[1], top=True):
+            return tx.update(updates, state, params)
+        return _schedule_free_update(parts, updates, state, params)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _schedule_free(opt_state: Any, *, top: bool) -> bool:
+    """Whether ``opt_state`` is the state of ``optax.contrib.schedule_free`` (at the top).
+
+    Raises:
+      ValueError: for a schedule-free state nested inside the optimizer's (a schedule-free
+        optimizer inside ``optax.chain`` or another wrapper), whose base iterate this chain
+        cannot reach to keep it feasible.
+    """
+    from optax.contrib import ScheduleFreeState
+
+    if isinstance(opt_state, ScheduleFreeState):
+        return True
+    nested = jax.tree_util.tree_leaves(
+        opt_state, is_leaf=lambda x: isinstance(x, ScheduleFreeState)
+    )
+    if top and any(isinstance(x, ScheduleFreeState) for x in nested):
+        raise ValueError(
+            "jaxcons.chain: the optimizer wraps a schedule-free optimizer inside another "
+            "transform. Pass optax.contrib.schedule_free(...) (or schedule_free_adamw, ...) "
+            "itself as the optimizer, so that its base iterate z can be kept feasible."
+        )
+    return False
+
+
+def _schedule_free_update(
+    parts: list[Any], updates: optax.Updates, state: Any, params: optax.Params | None
+) -> tuple[optax.Updates, Any]:
+    """One step of regularize, a schedule-free optimizer and constrain, feasible throughout.
+
+    Schedule-free methods (Defazio et al., 2024) keep a base iterate ``z`` (the state's
+    ``z``), an average ``x = (1 - c) x + c z`` (what ``schedule_free_eval_params`` returns)
+    and the point ``y = b1 x + (1 - b1) z`` where gradients are taken (the params). For a
+    convex set, projecting ``z`` after each step keeps ``x`` and ``y``, convex combinations
+    of feasible points, feasible too. So the constraints project ``z``, and ``y`` (the
+    returned update) is moved by what that changes: ``(b1 c + 1 - b1) (P(z) - z)``.
+    """
+    regularize, optimizer, constrain = parts
+    params = require_params(params, "chain")
+    grads, reg_state = regularize.update(updates, state[0], params)
+    step, sf_state = optimizer.update(grads, state[1], params)
+    z_old, z_new = state[1].z, sf_state.z
+    z_step = jax.tree.map(lambda new, old: new - old, z_new, z_old)
+    z_proj_step, con_state = constrain.update(z_step, state[2], z_old)
+    z_proj = optax.apply_updates(z_old, z_proj_step)
+    total = sf_state.weight_sum
+    c = jnp.where(total > 0, (total - state[1].weight_sum) / jnp.where(total > 0, total, 1), 0)
+    b1 = sf_state.b1
+    move = (b1 * c + 1 - b1).astype(jnp.float32)
+
+    def corrected(u: jax.Array, zp: jax.Array, zn: jax.Array) -> jax.Array:
+        shift = (zp.astype(jnp.float32) - zn.astype(jnp.float32)) * move
+        return (u.astype(jnp.float32) + shift).astype(u.dtype)
+
+    new_updates = jax.tree.map(corrected, step, z_proj, z_new)
+    return new_updates, (reg_state, sf_state._replace(z=z_proj), con_state)

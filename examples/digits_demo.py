@@ -4,7 +4,7 @@ The same model (a linen MLP 64 -> 128 -> 64 -> 10, ReLU), data split, initial we
 order are trained three ways:
 
 1. ``adam``: plain ``optax.adam``, for reference;
-2. ``constrained``: ``optax.chain(optax.adam(lr), jaxcons.constrain(rules))`` with
+2. ``constrained``: ``jaxcons.chain(optax.adam(lr), constraints=rules)`` with
    ``MaxNorm`` on every kernel (each column, i.e. one unit's incoming weights, has norm
    <= the bound) and ``NonNeg`` on every bias;
 3. ``regularized``: the same constraints, plus a penalty in the loss (L2 on kernels, L1 on biases,
@@ -12,10 +12,11 @@ order are trained three ways:
    (``jaxcons.proximal``), which sets weights exactly to zero: the optimizer knows about the
    sparsity, instead of a loss term that only pushes weights towards zero.
 
-It prints per-epoch loss and accuracy, then one table checking every constrained parameter
+It prints per-epoch loss, accuracy and the largest ``jaxcons.violations`` against the constraint
+set (every run, the unconstrained one too), then one table checking every constrained parameter
 against its bound, and one reporting the penalties per parameter (``jaxcons.penalties``) and
-the fraction of exact zeros. It writes ``kernel_norms.png`` (kernel column norms over training)
-and ``report.txt`` (the printed report, without the timing) to ``--out``.
+the fraction of exact zeros. It writes ``kernel_norms.png`` (kernel column norms and violations
+over training) and ``report.txt`` (the printed report, without the timing) to ``--out``.
 
 Norm bounds reached through ``jaxcons.constrain`` may be exceeded by a few ulps (the update is
 ``P(p + u) - p``, and ``p + (P(p + u) - p)`` rounds); elementwise bounds such as ``NonNeg`` hold
@@ -75,13 +76,13 @@ def make_setups() -> list[Setup]:
         Setup("adam", "optax.adam, no constraints"),
         Setup(
             "constrained",
-            "optax.chain(adam, constrain(MaxNorm kernels, NonNeg biases))",
+            "jaxcons.chain(adam, constraints=MaxNorm kernels, NonNeg biases)",
             constraints=constraints,
         ),
         Setup(
             "regularized",
             "loss + penalty(L2 kernels, L1 biases); "
-            "chain(adam, proximal(L1 Dense_0/kernel), constrain(...))",
+            "jaxcons.chain(adam, proximal=L1 Dense_0/kernel, constraints=...)",
             constraints=constraints,
             penalty_rules={"**/kernel": jaxcons.L2(KERNEL_L2), "**/bias": jaxcons.L1(BIAS_L1)},
             proximal_rules={"Dense_0/kernel": jaxcons.L1(PROXIMAL_L1)},
@@ -136,16 +137,20 @@ class History:
     col_norm_max: dict[str, list[float]] = field(default_factory=dict)
     col_norm_median: dict[str, list[float]] = field(default_factory=dict)
     zeros: list[float] = field(default_factory=list)
+    violation: list[float] = field(default_factory=list)
 
 
 def make_optimizer(setup: Setup) -> optax.GradientTransformation:
-    """Adam, then the proximal step, then the projection (last, so the constraints hold)."""
-    parts = [optax.adam(LEARNING_RATE)]
-    if setup.proximal_rules is not None:
-        parts.append(jaxcons.proximal(setup.proximal_rules, learning_rate=LEARNING_RATE))
-    if setup.constraints is not None:
-        parts.append(jaxcons.constrain(setup.constraints))
-    return optax.chain(*parts)
+    """Adam, then the proximal step, then the projection: `jaxcons.chain` puts each in place."""
+    adam = optax.adam(LEARNING_RATE)
+    if setup.constraints is None and setup.proximal_rules is None:
+        return adam
+    return jaxcons.chain(
+        adam,
+        constraints=setup.constraints,
+        proximal=setup.proximal_rules,
+        learning_rate=None if setup.proximal_rules is None else LEARNING_RATE,
+    )
 
 
 def make_steps(
@@ -200,7 +205,13 @@ def zero_fraction(params: Any) -> float:
 
 EPOCH_HEADER = (
     f"{'epoch':>5}  {'loss':>7}  {'penalty':>9}  {'train acc':>9}  {'test acc':>8}  "
-    f"{'max col norm':>12}  {'exact zeros':>11}"
+    f"{'max col norm':>12}  {'violation':>9}  {'exact zeros':>11}"
+)
+
+# What every run is measured against, the unconstrained one included (jaxcons.violations).
+FEASIBLE_SET = {"**/kernel": jaxcons.MaxNorm(MAX_NORM), "**/bias": jaxcons.NonNeg()}
+max_violation = jax.jit(
+    lambda params: jnp.max(jnp.stack(list(jaxcons.violations(params, FEASIBLE_SET).values())))
 )
 
 
@@ -220,11 +231,12 @@ def record(history: History, params: Any, train: Any, test: Any) -> str:
     history.train_acc.append(train_acc)
     history.test_acc.append(test_acc)
     history.zeros.append(zero_fraction(params))
+    history.violation.append(float(max_violation(params)))
     penalty_text = "-" if history.setup.penalty_rules is None else f"{penalty:.3e}"
     return (
         f"{len(history.loss) - 1:>5}  {loss:>7.4f}  {penalty_text:>9}  {train_acc:>9.2%}  "
         f"{test_acc:>8.2%}  {max(float(n.max()) for n in norms.values()):>12.7f}  "
-        f"{history.zeros[-1]:>11.2%}"
+        f"{history.violation[-1]:>9.2e}  {history.zeros[-1]:>11.2%}"
     )
 
 
@@ -381,12 +393,13 @@ def plot_norms(histories: Sequence[History], path: Path) -> None:
     """Writes the kernel column norms per layer and epoch, and the proximal step's zeros.
 
     One panel per kernel: the largest and the median column norm of every run, with the
-    MaxNorm bound; a last panel shows, per input pixel, the share of the first layer's weights
-    that the proximal L1 step set exactly to zero.
+    MaxNorm bound; then the largest ``jaxcons.violations`` of every run against the constraint
+    set (0 while feasible; symlog axis); a last panel shows, per input pixel, the share of the
+    first layer's weights that the proximal L1 step set exactly to zero.
     """
     layers = list(histories[0].col_norm_max)
-    fig = Figure(figsize=(4.0 * (len(layers) + 1), 4.2), layout="constrained")  # Agg, no GUI.
-    axes = fig.subplots(1, len(layers) + 1, width_ratios=[1.0] * len(layers) + [0.8])
+    fig = Figure(figsize=(4.0 * (len(layers) + 2), 4.2), layout="constrained")  # Agg, no GUI.
+    axes = fig.subplots(1, len(layers) + 2, width_ratios=[1.0] * (len(layers) + 1) + [0.8])
     colors = ("tab:gray", "tab:blue", "tab:orange")
     for ax, layer in zip(axes, layers, strict=False):
         for color, h in zip(colors, histories, strict=True):
@@ -404,6 +417,13 @@ def plot_norms(histories: Sequence[History], path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("L2 norm of a kernel column")
+    ax = axes[len(layers)]
+    for color, h in zip(colors, histories, strict=True):
+        ax.plot(np.arange(len(h.violation)), h.violation, color=color, label=h.setup.name)
+    ax.set_yscale("symlog", linthresh=1e-6)
+    ax.set_title("jaxcons.violations: max |w - P(w)|")
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize="small")
 

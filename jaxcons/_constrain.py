@@ -327,9 +327,12 @@ def violations(
 
     .. math:: v(w) = \\max_i |w_i - P(w)_i|
 
-    It is exactly ``0.0`` for a feasible parameter, since the built-in projections return
-    feasible input bit for bit. Pure and jit-compatible; the cost is one projection per
-    governed leaf (an SVD for `SpectralNorm`).
+    It is exactly ``0.0`` for a parameter its projection leaves unchanged: the built-in
+    projections return feasible input bit for bit. A parameter just projected onto a norm
+    bound can measure a few ulps (its norm computes as ``1.0000001`` and a second projection
+    moves it by an ulp); a constraint that is not a projection (``MinMaxNorm(rate < 1)``)
+    measures its next step. Pure and jit-compatible; the cost is one projection per governed
+    leaf (an SVD for `SpectralNorm`).
 
     Args:
       params: the parameter pytree (declarations are honoured, as in `apply_constraints`).

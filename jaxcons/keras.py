@@ -275,14 +275,14 @@ def rules_from_model(
     variables = list(model.trainable_variables)
     if not variables:
         raise ValueError(
-            f"Keras model {model.name!r} has no trainable variables: build it first (call it "
-            "on a batch, or start it with a keras.Input)."
+            f"{type(model).__name__} {model.name!r} has no trainable variables: build it first "
+            "(call it on a batch, or start it with a keras.Input)."
         )
     if not ignore_activity:
         names = _activity_layers(model)
         if names:
             raise ValueError(
-                f"Keras model {model.name!r} has activity regularizers (layers "
+                f"{type(model).__name__} {model.name!r} has activity regularizers (layers "
                 f"{', '.join(map(repr, names))}): they act on outputs, not parameters, so no "
                 "rule can hold them. Add jaxcons.activity_penalty(jaxcons.keras.from_keras("
                 "layer.activity_regularizer), output) to the loss, and pass "
@@ -296,7 +296,7 @@ def rules_from_model(
             if seen[v.path] is v:
                 continue
             raise ValueError(
-                f"Two trainable variables of Keras model {model.name!r} have the path "
+                f"Two trainable variables of {type(model).__name__} {model.name!r} have the path "
                 f"{v.path!r}: a dict keyed by path would keep only one. Give them distinct "
                 "names (add_weight(name=...))."
             )

@@ -152,12 +152,13 @@ def from_keras(obj: Any) -> Constraint | Regularizer | None:
 
     Args:
       obj: a Keras constraint or regularizer object, a name Keras knows (``"max_norm"``,
-        ``"l2"``), or a config dict (``keras.constraints.serialize(c)``); a jaxcons
-        `Constraint` or `Regularizer`, returned as it is (Keras accepts any callable as a
-        constraint, so a Keras layer may hold one); or ``None``, returned as it is.
+        ``"l2"``), or a config dict (``keras.constraints.serialize(c)``); a
+        `jaxcons.Constraint` or `jaxcons.Regularizer`, returned as it is (Keras accepts any
+        callable as a constraint, so a Keras layer may hold one); or ``None``, returned as it
+        is.
 
     Returns:
-      The jaxcons `Constraint` or `Regularizer`, or ``None``.
+      The `jaxcons.Constraint` or `jaxcons.Regularizer`, or ``None``.
 
     Raises:
       ValueError: for a Keras object, name or config without a jaxcons equivalent (a custom

@@ -30,7 +30,6 @@ loss.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import keras
@@ -80,7 +79,7 @@ def _convert(obj: Any) -> Constraint | Regularizer:
     config = obj.get_config()
     try:
         return cls(**config)
-    except ValueError as e:
+    except (TypeError, ValueError) as e:  # A value jaxcons rejects, or a key it does not know.
         raise ValueError(
             f"jaxcons.keras.from_keras: keras {type(obj).__name__} with config {config!r} has "
             f"no valid jaxcons {cls.__name__}: {e}"
@@ -115,8 +114,7 @@ def _from_config(config: dict[str, Any]) -> Constraint | Regularizer:
     errors = []
     for module in (keras.constraints, keras.regularizers):
         try:
-            # Keras's deserialization may fill in the dict it is given: hand it a copy.
-            obj = module.deserialize(copy.deepcopy(config))
+            obj = module.deserialize(config)
         except (TypeError, ValueError) as e:
             errors.append(f"{module.__name__}.deserialize: {e}")
             continue

@@ -541,3 +541,15 @@ def test_two_variables_with_one_path_are_an_error():
         r"path would keep only one",
     ):
         jaxcons.keras.rules_from_model(layer)
+
+
+def test_a_keras_config_key_jaxcons_does_not_know_is_an_error():
+    # As a later Keras might write it: a MaxNorm whose config has a key jaxcons has no use for.
+    constraint = kc.MaxNorm(2.0)
+    constraint.get_config = lambda: {"max_value": 2.0, "axis": 0, "epsilon": 1e-7}
+    with pytest.raises(
+        ValueError,
+        match=r"keras MaxNorm with config \{.*'epsilon': 1e-07\} has no valid jaxcons MaxNorm: "
+        r".*unexpected keyword argument 'epsilon'",
+    ):
+        jaxcons.keras.from_keras(constraint)

@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Pattern", "compile_pattern", "glob_to_regex"]
+__all__ = ["Pattern", "compile_pattern", "exact_pattern", "glob_to_regex"]
 
 PathPredicate = Callable[[str, Any], bool]
 Pattern = str | PathPredicate
@@ -117,3 +117,20 @@ def compile_pattern(pattern: Any) -> tuple[str, PathPredicate]:
         "A path pattern must be a glob string, a 're:' regex string, or a callable "
         f"(path, leaf) -> bool; got {pattern!r} of type {type(pattern).__name__}."
     )
+
+
+def exact_pattern(path: str) -> str:
+    """Returns a pattern matching exactly ``path``: the path itself when it is a plain glob.
+
+    Paths with glob metacharacters (``*``, ``?``) or a ``re:`` prefix get an escaped
+    ``re:`` regex instead.
+
+    Example:
+      >>> exact_pattern("params/Dense_0/kernel")
+      'params/Dense_0/kernel'
+      >>> exact_pattern("w*")
+      're:w\\\\*'
+    """
+    if "*" in path or "?" in path or path.startswith("re:"):
+        return "re:" + re.escape(path)
+    return path

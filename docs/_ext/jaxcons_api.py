@@ -43,6 +43,7 @@ PUBLIC_MODULES = (
     "jaxcons.regularizers",
     "jaxcons.flax",
     "jaxcons.flax.nnx",
+    "jaxcons.keras",
 )
 
 # Catalogue tables: (file stem, module, base class name, base classes left out of the table).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +10,7 @@ from flax import nnx
 from flax.core import meta
 
 from jaxcons._constrain import as_constraint_rules
+from jaxcons._patterns import exact_pattern
 from jaxcons._penalties import as_regularizer_rules
 from jaxcons._rules import Rules, RulesLike
 from jaxcons._tree import is_floating, path_str
@@ -20,28 +20,10 @@ __all__ = [
     "combine",
     "constraint_rules",
     "declared",
-    "exact_pattern",
     "regularizer_rules",
 ]
 
 _PREFER = (None, "declared", "explicit")
-
-
-def exact_pattern(path: str) -> str:
-    """Returns a pattern matching exactly ``path``: the path itself when it is a plain glob.
-
-    Paths with glob metacharacters (``*``, ``?``) or a ``re:`` prefix get an escaped
-    ``re:`` regex instead.
-
-    Example:
-      >>> exact_pattern("params/Dense_0/kernel")
-      'params/Dense_0/kernel'
-      >>> exact_pattern("w*")
-      're:w\\\\*'
-    """
-    if "*" in path or "?" in path or path.startswith("re:"):
-        return "re:" + re.escape(path)
-    return path
 
 
 def _is_node(x: Any) -> bool:

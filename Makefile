@@ -4,12 +4,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+VENV_MIN := .venv-min
+STAMP_MIN := $(VENV_MIN)/.installed
 PYTEST_WORKERS ?= 2
+CHECK_PYTHON := $(PYTHON) -c 'import sys; sys.exit(None if sys.version_info >= (3, 11) else "jaxcons needs Python >= 3.11 (jax 0.8.1 does); got " + sys.version.split()[0] + ": run make PYTHON=python3.11 ...")'
 
-.PHONY: install test lint demo bench notebooks clean
+.PHONY: install test test-min lint demo bench notebooks clean
 
 $(STAMP): pyproject.toml constraints.txt
-	@$(PYTHON) -c 'import sys; sys.exit(None if sys.version_info >= (3, 11) else "jaxcons needs Python >= 3.11 (jax 0.10 does); got " + sys.version.split()[0] + ": run make PYTHON=python3.11 ...")'
+	@$(CHECK_PYTHON)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,demo,notebooks]'
@@ -22,6 +25,19 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --nbmake jaxcons tests notebooks
+	$(MAKE) test-min
+
+# The declared version floors (pyproject.toml) exactly, from constraints-min.txt: unit tests and
+# doctests (BUILD.md, "Version floors").
+$(STAMP_MIN): pyproject.toml constraints-min.txt
+	@$(CHECK_PYTHON)
+	$(PYTHON) -m venv $(VENV_MIN)
+	$(VENV_MIN)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV_MIN)/bin/python -m pip install --quiet -c constraints-min.txt -e '.[test,demo]'
+	touch $(STAMP_MIN)
+
+test-min: $(STAMP_MIN)
+	$(VENV_MIN)/bin/python -m pytest -n $(PYTEST_WORKERS) jaxcons tests
 
 demo: $(STAMP)
 	$(PY) examples/digits_demo.py --out demo_out
@@ -30,4 +46,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/train_step.py
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VENV_MIN) demo_out .pytest_cache .ruff_cache .hypothesis

@@ -190,6 +190,6 @@ def proximal(
             return update_delta(p, r.prox((p + u).astype(p.dtype), step), u.dtype)
 
         out = map_governed(resolved_rules, updates, params, "proximal", prox_step)
-        return out, ProximalState(count=optax.safe_increment(state.count))
+        return out, ProximalState(count=optax.safe_int32_increment(state.count))
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -4,12 +4,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+VENV_MIN := .venv-min
+STAMP_MIN := $(VENV_MIN)/.installed
 PYTEST_WORKERS ?= 2
+CHECK_PYTHON := $(PYTHON) -c 'import sys; sys.exit(None if sys.version_info >= (3, 11) else "jaxcons needs Python >= 3.11 (jax 0.8.1 does); got " + sys.version.split()[0] + ": run make PYTHON=python3.11 ...")'
 
-.PHONY: install test lint docs demo bench notebooks clean
+.PHONY: install test test-min lint docs demo bench notebooks clean
 
 $(STAMP): pyproject.toml constraints.txt
-	@$(PYTHON) -c 'import sys; sys.exit(None if sys.version_info >= (3, 11) else "jaxcons needs Python >= 3.11 (jax 0.10 does); got " + sys.version.split()[0] + ": run make PYTHON=python3.11 ...")'
+	@$(CHECK_PYTHON)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,demo,notebooks,docs]'
@@ -26,7 +29,19 @@ docs: $(STAMP)
 	$(PY) -m sphinx -E -W --keep-going -q -b html docs docs/_build/html
 
 test: $(STAMP) lint docs
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --nbmake jaxcons tests notebooks
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --nbmake jaxcons tests notebooks
+
+# The declared version floors (pyproject.toml) exactly, from constraints-min.txt: unit tests and
+# doctests (BUILD.md, "Version floors").
+$(STAMP_MIN): pyproject.toml constraints-min.txt
+	@$(CHECK_PYTHON)
+	$(PYTHON) -m venv $(VENV_MIN)
+	$(VENV_MIN)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV_MIN)/bin/python -m pip install --quiet -c constraints-min.txt -e '.[test,demo]'
+	touch $(STAMP_MIN)
+
+test-min: $(STAMP_MIN)
+	$(VENV_MIN)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup jaxcons tests
 
 demo: $(STAMP)
 	$(PY) examples/digits_demo.py --out demo_out
@@ -35,5 +50,5 @@ bench: $(STAMP)
 	$(PY) benchmarks/train_step.py
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VENV_MIN) demo_out .pytest_cache .ruff_cache .hypothesis
 	rm -rf docs/_build docs/_generated docs/api docs/notebooks

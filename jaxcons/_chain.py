@@ -157,8 +157,10 @@ def _schedule_free(opt_state: Any, *, top: bool) -> bool:
         optimizer inside ``optax.chain`` or another wrapper), whose base iterate this chain
         cannot reach to keep it feasible.
     """
-    from optax.contrib import ScheduleFreeState
-
+    try:
+        from optax.contrib import ScheduleFreeState
+    except ImportError:  # optax before 0.2.1 has no schedule-free optimizers.
+        return False
     if isinstance(opt_state, ScheduleFreeState):
         return True
     nested = jax.tree_util.tree_leaves(

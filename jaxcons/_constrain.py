@@ -240,7 +240,7 @@ def _constrain(
             return _feasible_delta(c, p, y, u.dtype)
 
         out = map_governed(resolved_rules, updates, params, "constrain", project)
-        count = None if state.count is None else optax.safe_increment(state.count)
+        count = None if state.count is None else optax.safe_int32_increment(state.count)
         return out, ConstrainState(new_states, new_scratch, count)
 
     return optax.GradientTransformation(init_fn, update_fn)

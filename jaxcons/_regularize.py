@@ -220,6 +220,6 @@ def proximal(
             return update_delta(p, y, u.dtype)
 
         out = map_governed(resolved_rules, updates, params, "proximal", prox_step)
-        return out, ProximalState(count=optax.safe_increment(state.count))
+        return out, ProximalState(count=optax.safe_int32_increment(state.count))
 
     return optax.GradientTransformation(init_fn, update_fn)

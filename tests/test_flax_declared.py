@@ -207,7 +207,7 @@ class NNXModel(nnx.Module):
         return self.layers[1](self.layers[0](x)) * self.scale[...] * self.custom[...]
 
 
-def test_nnx_module_and_state_declarations():
+def test_nnx_module_and_state_declarations(as_pure):
     model = NNXModel(nnx.Rngs(0))
     expected = [("custom", Clip(0.0, 1.0)), ("layers/0/kernel", MaxNorm(1.0)), ("scale", NonNeg())]
     assert constraint_rules(model) == expected
@@ -215,15 +215,15 @@ def test_nnx_module_and_state_declarations():
     assert constraint_rules(nnx.state(model, nnx.Param)) == expected[1:]
     assert regularizer_rules(model) == [("layers/1/bias", L2(0.5)), ("scale", L1(0.01))]
     with pytest.raises(ValueError, match="No parameter of this State declares a constraint"):
-        constraint_rules(nnx.as_pure(nnx.state(model)))
+        constraint_rules(as_pure(nnx.state(model)))
 
 
-def test_nnx_rules_resolve_on_variables_and_on_pure_arrays_alike():
+def test_nnx_rules_resolve_on_variables_and_on_pure_arrays_alike(as_pure):
     model = NNXModel(nnx.Rngs(0))
     state = nnx.state(model)
     rules = constraint_rules(model)
     out_vars = jaxcons.apply_constraints(state, rules)
-    out_pure = jaxcons.apply_constraints(nnx.as_pure(state), rules)
+    out_pure = jaxcons.apply_constraints(as_pure(state), rules)
     np.testing.assert_array_equal(out_vars["custom"][...], np.ones(2, np.float32))
     np.testing.assert_array_equal(out_pure["custom"], np.ones(2, np.float32))
     np.testing.assert_array_equal(

@@ -109,12 +109,12 @@ def test_optimizer_init_on_variables_and_update_on_arrays_use_the_same_paths():
     assert int(optimizer.step[...]) == 5
 
 
-def test_masks_for_nnx_optimizer_are_built_from_pure_trees_or_callables():
+def test_masks_for_nnx_optimizer_are_built_from_pure_trees_or_callables(as_pure):
     # nnx.Optimizer's init sees Variables and its update pure arrays: a mask built from the
     # (non-pure) nnx.state would not match the update's tree. Build it from the pure state,
     # or pass a callable, which optax evaluates on the tree it is given each time.
     model = MLP(nnx.Rngs(0))
-    pure_mask = jaxcons.mask(nnx.as_pure(nnx.state(model, nnx.Param)), "**/bias")
+    pure_mask = jaxcons.mask(as_pure(nnx.state(model, nnx.Param)), "**/bias")
     for mask in (pure_mask, lambda p: jaxcons.mask(p, "**/bias")):
         model = MLP(nnx.Rngs(0))
         tx = optax.chain(
@@ -205,9 +205,9 @@ def test_activity_regularization_rejects_unknown_regularizers(name):
         jaxcons.flax.nnx.ActivityRegularization(name)
 
 
-def test_activity_losses_rejects_a_pure_state():
+def test_activity_losses_rejects_a_pure_state(as_pure):
     model = KerasDocsModel(nnx.Rngs(0))
     model(2.0 * jnp.ones((5, 5), jnp.float32))
     assert float(jaxcons.flax.activity_losses(nnx.state(model))) > 0
     with pytest.raises(ValueError, match="cannot tell activity losses apart in a pure nnx State"):
-        jaxcons.flax.activity_losses(nnx.as_pure(nnx.state(model)))
+        jaxcons.flax.activity_losses(as_pure(nnx.state(model)))

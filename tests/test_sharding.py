@@ -54,6 +54,11 @@ class ChildRun:
         )
 
 
+# Every test here reads one child run (8 fake devices, minutes): keep them on one xdist worker
+# (`--dist loadgroup` in the Makefile), so the child runs once, not once per worker.
+pytestmark = pytest.mark.xdist_group("sharding_child")
+
+
 @pytest.fixture(scope="module")
 def child() -> ChildRun:
     env = dict(os.environ)

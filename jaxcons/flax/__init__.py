@@ -19,8 +19,8 @@ wrt=nnx.Param)`` works as is: its ``init`` sees ``Variable`` objects and its ``u
 arrays, and both give the same paths (``layers/0/kernel``). Masks for ``optax.masked`` are the
 one trap: a mask built from ``nnx.state(model, nnx.Param)`` holds ``Variable`` nodes that the
 update's raw arrays do not match (optax raises a pytree structure error). Build it from
-``nnx.as_pure(nnx.state(model, nnx.Param))``, or pass a callable
-(``lambda p: jaxcons.mask(p, "**/bias")``).
+``nnx.as_pure(nnx.state(model, nnx.Param))`` (``nnx.pure`` before flax 0.12.7), or pass a
+callable (``lambda p: jaxcons.mask(p, "**/bias")``).
 
 Example:
   >>> import jax, jax.numpy as jnp, optax, flax.linen as nn, jaxcons, jaxcons.flax

@@ -157,10 +157,8 @@ def _schedule_free(opt_state: Any, *, top: bool) -> bool:
         optimizer inside ``optax.chain`` or another wrapper), whose base iterate this chain
         cannot reach to keep it feasible.
     """
-    try:
-        from optax.contrib import ScheduleFreeState
-    except ImportError:  # optax before 0.2.1 has no schedule-free optimizers.
-        return False
+    from optax.contrib import ScheduleFreeState
+
     if isinstance(opt_state, ScheduleFreeState):
         return True
     nested = jax.tree_util.tree_leaves(

@@ -33,6 +33,7 @@ __all__ = [
     "power_iteration",
     "radial_mean",
     "radial_tf_keras",
+    "replicated",
     "ring_index",
     "top_right_singular_vector",
     "unit_norm",
@@ -156,6 +157,18 @@ def radial_tf_keras(w: jax.Array) -> jax.Array:
     return out
 
 
+def replicated(w: jax.Array) -> jax.Array:
+    """``w`` replicated on its mesh where its sharding is known (a concrete array, or a traced
+    one on an ``Explicit`` mesh), for the computations that need the whole matrix (an SVD);
+    ``w`` itself otherwise."""
+    sharding = _known_sharding(w)
+    if sharding is None:
+        return w
+    if isinstance(w, jax.core.Tracer):
+        return jax.sharding.reshard(w, P())
+    return jax.device_put(w, NamedSharding(sharding.mesh, P()))
+
+
 def as_matrix(w: jax.Array) -> jax.Array:
     """Views a kernel of rank >= 2 as a ``(prod(shape[:-1]), shape[-1])`` matrix, in >= f32.
 
@@ -164,10 +177,9 @@ def as_matrix(w: jax.Array) -> jax.Array:
     on the kernel size, as in Miyato et al. (2018).
     """
     rows = math.prod(w.shape[:-1])
-    if isinstance(w, jax.core.Tracer) and _known_sharding(w) is not None:
-        # On an Explicit mesh a reshape across sharded axes must be told its output sharding:
-        # the exact norm needs the whole matrix on every device anyway.
-        w = jax.sharding.reshard(w, P())
+    # On an Explicit mesh a reshape across sharded axes must be told its output sharding:
+    # the exact norm and the SVD need the whole matrix on every device anyway.
+    w = replicated(w)
     return w.reshape(rows, w.shape[-1]).astype(accumulation_dtype(w.dtype))
 
 

@@ -117,16 +117,20 @@ class Intersection(Constraint):
       for the L1 ball both sides are the same soft-thresholding).
 
     Convergence caveat: otherwise the result after a fixed ``n_iter`` is an approximation.
-    Its last step is ``P_k``, so it lies in the last member's set; the other sets may be
-    violated by a residual that shrinks with ``n_iter`` at a rate that depends on the sets
-    and the point (linear for polyhedra, possibly slow when the sets meet at a shallow
-    angle). Measured on a 256x64 normal kernel for ``Intersection(Clip(-0.1, 0.1),
-    MaxNorm(0.5))`` in float32: the largest box violation and the distance to the exact
-    projection are about 3e-3 and 1e-2 after 10 sweeps, 4e-7 and 2e-6 after 100 (the
-    default), and at float32 rounding after 200. A parameter inside every set comes back
-    bit for bit (up to the sign of zeros). Dykstra runs in at least float32 (bf16/f16 are
-    cast back at the end) in a `jax.lax.fori_loop`; each sweep costs one call of every
-    member.
+    Its last step is ``P_k``, so it lies in the last member's set; the others may be violated
+    by a residual, and the distance to the true projection shrinks with ``n_iter`` at a rate
+    that depends on the sets, the point and the order of the members. Measured on a 256x64
+    standard normal kernel in float32 (script in ``tests/test_intersection.py``), the
+    largest distance to the exact projection (entries up to 0.1) after 10 / 100 / 1000
+    sweeps: ``Intersection(MaxNorm(0.5), Clip(-0.1, 0.1))`` 9e-4 / 6e-5 / 2e-8 (box
+    violation 1.5e-9, ball violation 6e-8: float32 rounding); ``Intersection(Clip(-0.1,
+    0.1), MaxNorm(0.5))`` 6e-2 / 6e-3 / 5e-7 (in both sets at every step, but far from the
+    projection: clipping first shrinks every column more than needed). Put the set that
+    moves the point least last, raise ``n_iter`` when the projection itself matters, and
+    measure on your data. A parameter inside every set comes back bit for bit (up to the
+    sign of zeros). Dykstra runs in at least float32 in a `jax.lax.fori_loop`; each sweep
+    costs one call of every member. A bf16/f16 result is cast back and projected once more
+    onto the last member's set in its own dtype (so a last `Clip` holds exactly).
 
     Args:
       *constraints: the members: stateless `Constraint` objects whose ``__call__`` is the

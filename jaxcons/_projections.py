@@ -246,8 +246,10 @@ def dykstra(
 
     ``x`` converges to the projection of ``w`` onto the intersection (Boyle and Dykstra,
     1986), not merely to some point of it as plain alternating projections do. It runs in
-    the accumulation dtype (bf16/f16 in float32) in a `jax.lax.fori_loop`, and the result is
-    cast back. A ``w`` inside every set is a fixed point: it comes back bit for bit.
+    the accumulation dtype (bf16/f16 in float32) in a `jax.lax.fori_loop`; the result is cast
+    back and projected once more by the last set's projection in ``w``'s dtype, so that it
+    lies in the last set after rounding too (a no-op for float32 and wider). A ``w`` inside
+    every set is a fixed point: it comes back bit for bit (up to the sign of zeros).
     """
     w = jnp.asarray(w)
     x = w.astype(accumulation_dtype(w.dtype))
@@ -263,7 +265,7 @@ def dykstra(
 
     zeros = tuple(jnp.zeros_like(x) for _ in projections)
     x, _ = jax.lax.fori_loop(0, n_iter, sweep, (x, zeros))
-    return x.astype(w.dtype)
+    return projections[-1](x.astype(w.dtype))
 
 
 def check_kernel_4d(shape: Sequence[int], path: str, owner: str) -> None:

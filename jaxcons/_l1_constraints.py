@@ -31,7 +31,8 @@ class L1Ball(Constraint):
     rounding. The iterations stop once the support ``{|v| > theta}`` is found (at most 9 on
     the tests' data, capped at the mantissa width + 8); the final ``theta`` is the closed
     form on that support, differentiable. Sums accumulate in at least float32; shape and
-    dtype are kept.
+    dtype are kept. Each ``|v_i| - theta`` is rounded once, so the result's L1 norm may exceed
+    ``r`` by up to about one ulp of each ``|v_i|`` (as with any floating-point projection).
 
     Args:
       radius: the radius ``r > 0``.

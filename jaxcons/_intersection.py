@@ -74,7 +74,14 @@ def _combined_box(members: tuple[Constraint, ...]) -> Clip:
     lo = combine([c.elementwise_bounds[0] for c in members], np.maximum)
     hi = combine([c.elementwise_bounds[1] for c in members], np.minimum)
     if lo is not None and hi is not None:
-        lo_a, hi_a = np.broadcast_arrays(np.asarray(lo), np.asarray(hi))
+        try:
+            lo_a, hi_a = np.broadcast_arrays(np.asarray(lo), np.asarray(hi))
+        except ValueError:
+            raise ValueError(
+                f"Intersection of {', '.join(map(repr, members))}: the lower bound of shape "
+                f"{np.shape(lo)} and the upper bound of shape {np.shape(hi)} do not broadcast "
+                f"together."
+            ) from None
         empty = lo_a > hi_a
         if empty.any():
             index = tuple(int(i) for i in np.argwhere(empty)[0])

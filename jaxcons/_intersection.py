@@ -28,7 +28,10 @@ def _not_convex(c: Constraint) -> str | None:
     if isinstance(c, UnitNorm):
         return "its set (a sphere) is not convex"
     if isinstance(c, MinMaxNorm) and (c._min > 0 or c._rate < 1):
-        return "with min_value > 0 its set (a shell) is not convex; with rate < 1 it is not a projection"
+        return (
+            "with min_value > 0 its set (a shell) is not convex; with rate < 1 it is not a "
+            "projection"
+        )
     if isinstance(c, RadialConstraint) and c.mode != "mean":
         return "mode='tf_keras' is not a projection"
     return None

@@ -56,8 +56,8 @@ def inward_bounds(
         value = exact.astype(dtype)
         if narrow:
             outside = (value.astype(np.float64) - exact) * toward < 0
-            value = np.where(outside, np.nextafter(value, np.asarray(toward * np.inf, dtype)), value)
-            value = np.asarray(value, dtype)
+            inward = np.nextafter(value, np.asarray(toward * np.inf, dtype))
+            value = np.asarray(np.where(outside, inward, value), dtype)
         if value.ndim:
             value = value.reshape((1,) * (ndim - value.ndim) + value.shape)
         return value

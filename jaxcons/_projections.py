@@ -223,7 +223,7 @@ def n_of_m_mask(w: jax.Array, n: int, m: int, axis: int) -> jax.Array:
     """
     w = jax.lax.stop_gradient(jnp.asarray(w))
     shape = w.shape
-    grouped = jnp.abs(w).reshape(shape[:axis] + (shape[axis] // m, m) + shape[axis + 1 :])
+    grouped = jnp.abs(w).reshape((*shape[:axis], shape[axis] // m, m, *shape[axis + 1 :]))
     g = axis + 1  # The axis of the position within a group.
     mine = jnp.expand_dims(grouped, g + 1)  # (..., m [i], 1, ...)
     theirs = jnp.expand_dims(grouped, g)  # (..., 1, m [j], ...)

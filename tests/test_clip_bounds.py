@@ -134,25 +134,39 @@ def test_one_sided_configs():
     ("kwargs", "message"),
     [
         ({"min_value": [0.0, float("nan")]}, r"min_value must be finite, got nan at index \(1,\)"),
-        ({"max_value": [[1.0], [float("inf")]]},
-         r"max_value must be finite, got inf at index \(1, 0\)"),
-        ({"min_value": [[0.0], [1.0, 2.0]]},
-         r"min_value must be a real number or an array of real numbers, got the ragged"),
-        ({"max_value": ["a", "b"]},
-         r"max_value must be a real number or an array of real numbers, got \['a', 'b'\] "
-         r"\(dtype <U1\)"),
+        (
+            {"max_value": [[1.0], [float("inf")]]},
+            r"max_value must be finite, got inf at index \(1, 0\)",
+        ),
+        (
+            {"min_value": [[0.0], [1.0, 2.0]]},
+            r"min_value must be a real number or an array of real numbers, got the ragged",
+        ),
+        (
+            {"max_value": ["a", "b"]},
+            r"max_value must be a real number or an array of real numbers, got \['a', 'b'\] "
+            r"\(dtype <U1\)",
+        ),
         ({"max_value": [True, False]}, r"got \[True, False\] \(dtype bool\)"),
         ({"min_value": []}, r"min_value must not be empty, got \[\] of shape \(0,\)"),
-        ({"min_value": [0.0, 2.0], "max_value": [1.0, 1.0]},
-         r"Clip needs min_value <= max_value everywhere; at index \(1,\) min_value is 2.0 > "
-         r"max_value 1.0"),
-        ({"min_value": [0.0, 0.0, 0.0], "max_value": [1.0, 1.0]},
-         r"Clip min_value of shape \(3,\) and max_value of shape \(2,\) do not broadcast "
-         r"together"),
-        ({"min_value": 0.5, "max_value": [1.0, 0.25]},
-         r"at index \(1,\) min_value is 0.5 > max_value 0.25"),
-        ({"min_value": {"a": 1}},
-         r"min_value must be a real number or an array of real numbers, got \{'a': 1\}"),
+        (
+            {"min_value": [0.0, 2.0], "max_value": [1.0, 1.0]},
+            r"Clip needs min_value <= max_value everywhere; at index \(1,\) min_value is 2.0 > "
+            r"max_value 1.0",
+        ),
+        (
+            {"min_value": [0.0, 0.0, 0.0], "max_value": [1.0, 1.0]},
+            r"Clip min_value of shape \(3,\) and max_value of shape \(2,\) do not broadcast "
+            r"together",
+        ),
+        (
+            {"min_value": 0.5, "max_value": [1.0, 0.25]},
+            r"at index \(1,\) min_value is 0.5 > max_value 0.25",
+        ),
+        (
+            {"min_value": {"a": 1}},
+            r"min_value must be a real number or an array of real numbers, got \{'a': 1\}",
+        ),
     ],
 )
 def test_validation_messages(kwargs, message):
@@ -161,8 +175,9 @@ def test_validation_messages(kwargs, message):
 
 
 def test_no_bound_at_all_is_a_type_error():
-    with pytest.raises(TypeError, match="Clip needs at least one bound: min_value and max_value "
-                       "are both None"):
+    with pytest.raises(
+        TypeError, match="Clip needs at least one bound: min_value and max_value are both None"
+    ):
         Clip()
     with pytest.raises(ValueError, match=r"The constraint identifier 'clip' needs arguments"):
         constraints.get("clip")
@@ -173,8 +188,10 @@ def test_traced_bounds_are_rejected():
     def build(b):
         return Clip(max_value=b)(jnp.ones(2))
 
-    with pytest.raises(ValueError, match="max_value must be a concrete number when the object is "
-                       "built, got a traced value"):
+    with pytest.raises(
+        ValueError,
+        match="max_value must be a concrete number when the object is built, got a traced value",
+    ):
         build(jnp.asarray(1.0))
 
 
@@ -184,13 +201,19 @@ def test_bound_that_does_not_broadcast_to_the_parameter_names_path_and_shapes():
     out = jaxcons.apply_constraints(params, {"dense/*": c})  # Broadcasts to both leaves.
     np.testing.assert_array_equal(out["dense"]["bias"], [1.0, 1.0, 1.0])
     wide = Clip(min_value=np.zeros((4, 1)))
-    with pytest.raises(ValueError, match=r"Clip min_value of shape \(4, 1\) does not broadcast to "
-                       r"parameter 'dense/bias' of shape \(3,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Clip min_value of shape \(4, 1\) does not broadcast to "
+        r"parameter 'dense/bias' of shape \(3,\)",
+    ):
         jaxcons.constrain({"dense/*": wide}).init(params)
     with pytest.raises(ValueError, match=r"parameter 'dense/bias' of shape \(3,\)"):
         jaxcons.apply_constraints(params, {"dense/*": wide})
-    with pytest.raises(ValueError, match=r"Clip max_value of shape \(2,\) does not broadcast to "
-                       r"parameter '<array>' of shape \(4, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Clip max_value of shape \(2,\) does not broadcast to "
+        r"parameter '<array>' of shape \(4, 3\)",
+    ):
         Clip(max_value=[1.0, 2.0])(jnp.ones((4, 3)))
 
 

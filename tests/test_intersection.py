@@ -67,6 +67,7 @@ def np_box_ball(x, a, r):
     x = np.asarray(x, np.float64)
     out = np.empty_like(x)
     for j in range(x.shape[1]):
+
         def norm(lam, v=x[:, j]):
             return np.linalg.norm(np.clip(v / (1 + lam), -a, a))
 
@@ -101,8 +102,7 @@ def test_orthant_and_ball_closed_form_is_the_limit_of_dykstra(order):
     members = [NonNeg(), MaxNorm(1.0)]
     c = Intersection(*(members if order == "orthant_first" else members[::-1]))
     closed = f64(c(jnp.asarray(x)))
-    np.testing.assert_allclose(closed, f64(MaxNorm(1.0)(NonNeg()(jnp.asarray(x)))), rtol=0,
-                               atol=0)
+    np.testing.assert_allclose(closed, f64(MaxNorm(1.0)(NonNeg()(jnp.asarray(x)))), rtol=0, atol=0)
     converged = np_dykstra(x, [lambda v: np.maximum(v, 0), np_ball(1.0)], 2000)
     np.testing.assert_allclose(closed, converged, rtol=0, atol=1e-6)
     # Dykstra run by jaxcons itself, on a member it cannot recognise, agrees too.
@@ -192,8 +192,9 @@ def test_narrow_dtypes_end_inside_the_last_set(dtype):
     assert out.dtype == dtype
     y = f64(out.astype(jnp.float32))
     assert np.all(np.abs(y) <= 0.3)  # 0.3 is not representable: the last clip rounds inward.
-    ref = np_dykstra(f64(x.astype(jnp.float32)), [np_ball(1.0), lambda v: np.clip(v, -0.3, 0.3)],
-                     20)
+    ref = np_dykstra(
+        f64(x.astype(jnp.float32)), [np_ball(1.0), lambda v: np.clip(v, -0.3, 0.3)], 20
+    )
     np.testing.assert_allclose(y, ref, rtol=0, atol=2 * float(jnp.finfo(dtype).eps))
 
 
@@ -211,8 +212,9 @@ def test_simplex_and_box_through_constrain():
         return optax.apply_updates(params, updates), state
 
     for _ in range(3):
-        params, state = step(params, state, {"w": jnp.asarray(rng.normal(size=(5, 3)),
-                                                              jnp.float32)})
+        params, state = step(
+            params, state, {"w": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)}
+        )
         w = f64(params["w"])
         assert np.all(w <= 0.4 + 1e-6) and np.all(w >= -1e-6)
         np.testing.assert_allclose(w.sum(axis=0), 1.0, atol=1e-5)
@@ -235,21 +237,31 @@ class Counter(jaxcons.StatefulConstraint):
     [
         ((SpectralNorm(),), r"member 0, SpectralNorm\(.*\), keeps state between steps"),
         ((NonNeg(), Counter()), r"member 1, Counter\(\), keeps state between steps"),
-        ((NonNeg(), TopK(3)), r"member 1, TopK\(k=3, axis=None\), is not one: its set \(sparse "
-         r"tensors\) is not convex"),
+        (
+            (NonNeg(), TopK(3)),
+            r"member 1, TopK\(k=3, axis=None\), is not one: its set \(sparse "
+            r"tensors\) is not convex",
+        ),
         ((NofM(),), r"NofM\(n=2, m=4, axis=0\), is not one"),
         ((UnitNorm(),), r"UnitNorm\(axis=0\), is not one: its set \(a sphere\) is not convex"),
         ((MinMaxNorm(0.5, 1.0),), r"with min_value > 0 its set \(a shell\) is not convex"),
         ((MinMaxNorm(0.0, 1.0, rate=0.5),), r"with rate < 1 it is not a projection"),
         ((RadialConstraint("tf_keras"),), r"mode='tf_keras' is not a projection"),
-        ((Clip(0.0, 1.0), Clip(2.0, 3.0)), r"Intersection of Clip\(min_value=0.0, max_value=1.0\), "
-         r"Clip\(min_value=2.0, max_value=3.0\) is empty: at index \(\) the largest lower bound "
-         r"2.0 exceeds the smallest upper bound 1.0"),
-        ((Clip([0.0, 0.0, 0.0], 1.0), Clip(-1.0, [1.0, 1.0])),
-         r"the lower bound of shape \(3,\) and the upper bound of shape \(2,\) do not broadcast "
-         r"together"),
-        ((Clip([0.0, 0.0, 0.0]), NonNeg(), Clip([0.0, 0.0])),
-         r"bounds of shapes \[\(3,\), \(\), \(2,\)\] do not broadcast together"),
+        (
+            (Clip(0.0, 1.0), Clip(2.0, 3.0)),
+            r"Intersection of Clip\(min_value=0.0, max_value=1.0\), "
+            r"Clip\(min_value=2.0, max_value=3.0\) is empty: at index \(\) the largest lower bound "
+            r"2.0 exceeds the smallest upper bound 1.0",
+        ),
+        (
+            (Clip([0.0, 0.0, 0.0], 1.0), Clip(-1.0, [1.0, 1.0])),
+            r"the lower bound of shape \(3,\) and the upper bound of shape \(2,\) do not broadcast "
+            r"together",
+        ),
+        (
+            (Clip([0.0, 0.0, 0.0]), NonNeg(), Clip([0.0, 0.0])),
+            r"bounds of shapes \[\(3,\), \(\), \(2,\)\] do not broadcast together",
+        ),
     ],
 )
 def test_rejected_members(members, message):
@@ -258,21 +270,30 @@ def test_rejected_members(members, message):
 
 
 def test_type_errors():
-    with pytest.raises(TypeError, match=r"Intersection members must be jaxcons.Constraint objects "
-                       r".*member 1 is <function .*> of type function"):
+    with pytest.raises(
+        TypeError,
+        match=r"Intersection members must be jaxcons.Constraint objects "
+        r".*member 1 is <function .*> of type function",
+    ):
         Intersection(NonNeg(), lambda w: w)
     with pytest.raises(TypeError, match=r"Intersection needs at least one constraint, got none"):
         Intersection()
-    with pytest.raises(ValueError, match=r"The constraint identifier 'intersection' needs "
-                       r"arguments"):
+    with pytest.raises(
+        ValueError,
+        match=r"The constraint identifier 'intersection' needs "
+        r"arguments",
+    ):
         constraints.get("intersection")
 
 
 def test_n_iter_and_config_validation():
     with pytest.raises(ValueError, match=r"n_iter must be a positive int, got 0"):
         Intersection(NonNeg(), n_iter=0)
-    with pytest.raises(ValueError, match=r"An Intersection config needs 'constraints': a list of "
-                       r"serialized constraints, got 'NonNeg'"):
+    with pytest.raises(
+        ValueError,
+        match=r"An Intersection config needs 'constraints': a list of "
+        r"serialized constraints, got 'NonNeg'",
+    ):
         constraints.deserialize({"class_name": "Intersection", "config": {"constraints": "NonNeg"}})
     with pytest.raises(ValueError, match=r"Unknown Intersection config keys \['tol'\]"):
         constraints.deserialize(
@@ -283,13 +304,20 @@ def test_n_iter_and_config_validation():
 def test_check_runs_every_members_check():
     params = {"dense": {"kernel": jnp.ones((4, 3))}}
     c = Intersection(NonNeg(), MaxNorm(1.0, axis=2))
-    with pytest.raises(ValueError, match=r"MaxNorm axis=2: axis 2 is out of range for parameter "
-                       r"'dense/kernel' of shape \(4, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"MaxNorm axis=2: axis 2 is out of range for parameter "
+        r"'dense/kernel' of shape \(4, 3\)",
+    ):
         jaxcons.constrain({"**/kernel": c}).init(params)
-    with pytest.raises(ValueError, match=r"Clip max_value of shape \(2,\) does not broadcast to "
-                       r"parameter 'dense/kernel' of shape \(4, 3\)"):
-        jaxcons.apply_constraints(params, {"**/kernel": Intersection(Clip(max_value=[1.0, 2.0]),
-                                                                      MaxNorm())})
+    with pytest.raises(
+        ValueError,
+        match=r"Clip max_value of shape \(2,\) does not broadcast to "
+        r"parameter 'dense/kernel' of shape \(4, 3\)",
+    ):
+        jaxcons.apply_constraints(
+            params, {"**/kernel": Intersection(Clip(max_value=[1.0, 2.0]), MaxNorm())}
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,6 +362,9 @@ def test_unregistered_member_works_but_does_not_serialize():
     assert c == Intersection(Orthant(), MaxNorm(1.0), n_iter=3)
     hash(c)
     c(jnp.ones((2, 2)))
-    with pytest.raises(ValueError, match=r"Orthant is not registered; decorate it with "
-                       r"@jaxcons.constraints.register"):
+    with pytest.raises(
+        ValueError,
+        match=r"Orthant is not registered; decorate it with "
+        r"@jaxcons.constraints.register",
+    ):
         constraints.serialize(c)

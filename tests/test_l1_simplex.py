@@ -210,15 +210,19 @@ def test_vmap_and_jit():
 
 def test_inside_constrain_slices_stay_feasible():
     rng = np.random.default_rng(0)
-    params = {"w": Simplex()(jnp.asarray(rng.normal(size=(6, 4)), jnp.float32)),
-              "v": L1Ball(2.0)(jnp.asarray(rng.normal(size=(6, 4)), jnp.float32))}
+    params = {
+        "w": Simplex()(jnp.asarray(rng.normal(size=(6, 4)), jnp.float32)),
+        "v": L1Ball(2.0)(jnp.asarray(rng.normal(size=(6, 4)), jnp.float32)),
+    }
     tx = optax.chain(optax.sgd(0.5), jaxcons.constrain({"w": Simplex(), "v": L1Ball(2.0)}))
     state = tx.init(params)
-    step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
-        *tx.update(g, s, p)))
+    step = jax.jit(
+        lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(*tx.update(g, s, p))
+    )
     for _ in range(3):
         grads = jax.tree_util.tree_map(
-            lambda x: jnp.asarray(rng.normal(size=x.shape) * 5, x.dtype), params)
+            lambda x: jnp.asarray(rng.normal(size=x.shape) * 5, x.dtype), params
+        )
         params, state = step(params, state, grads)
         w, v = np.asarray(params["w"], np.float64), np.asarray(params["v"], np.float64)
         assert np.all(w >= 0) and np.allclose(w.sum(axis=0), 1.0, rtol=0, atol=4 * F32_EPS)
@@ -278,8 +282,11 @@ def test_simplex_properties(data, total):
         (lambda: L1Ball(-1), r"radius must be > 0, got -1"),
         (lambda: L1Ball(float("nan")), r"radius must be finite, got nan"),
         (lambda: L1Ball(True), r"radius must be a real number, got True"),
-        (lambda: L1Ball(axis="0"), r"axis must be an int, a non-empty list/tuple of ints, or "
-         r"None, got '0'"),
+        (
+            lambda: L1Ball(axis="0"),
+            r"axis must be an int, a non-empty list/tuple of ints, or "
+            r"None, got '0'",
+        ),
         (lambda: Simplex(0), r"total must be > 0, got 0"),
         (lambda: Simplex(float("inf")), r"total must be finite, got inf"),
         (lambda: Simplex(axis=[]), r"axis must be an int, a non-empty list/tuple of ints"),
@@ -294,8 +301,11 @@ def test_validation_messages(make, message):
 def test_axis_out_of_range_names_the_path(c):
     params = {"layer": {"kernel": jnp.ones((4, 3))}}
     name = type(c).__name__
-    with pytest.raises(ValueError, match=rf"{name} axis=.*: axis 2 is out of range for parameter "
-                       r"'layer/kernel' of shape \(4, 3\) \(rank 2\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{name} axis=.*: axis 2 is out of range for parameter "
+        r"'layer/kernel' of shape \(4, 3\) \(rank 2\)",
+    ):
         jaxcons.constrain({"**/kernel": c}).init(params)
 
 

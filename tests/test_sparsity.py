@@ -111,8 +111,9 @@ def test_top_k_inside_constrain_keeps_k_non_zeros():
     tx = optax.chain(optax.sgd(0.1), jaxcons.constrain({"w": TopK(6)}))
     state = tx.init(params)
     for _ in range(3):
-        updates, state = tx.update({"w": jnp.asarray(rng.normal(size=(8, 8)), jnp.float32)},
-                                   state, params)
+        updates, state = tx.update(
+            {"w": jnp.asarray(rng.normal(size=(8, 8)), jnp.float32)}, state, params
+        )
         params = optax.apply_updates(params, updates)
         assert int(np.count_nonzero(np.asarray(params["w"]))) <= 6
 
@@ -162,8 +163,11 @@ def test_n_of_m_dtype_and_idempotence(dtype):
 
 @settings(max_examples=20, deadline=None)
 @given(
-    hnp.arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 6)),
-               elements=st.integers(-4, 4).map(float)),
+    hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(1, 6), st.integers(1, 6)),
+        elements=st.integers(-4, 4).map(float),
+    ),
     st.integers(1, 6),
     st.sampled_from([None, 0, 1]),
 )
@@ -179,9 +183,13 @@ def test_top_k_properties(w, k, axis):
 
 @settings(max_examples=20, deadline=None)
 @given(
-    st.integers(1, 4).flatmap(lambda g: hnp.arrays(
-        np.float32, st.tuples(st.just(4 * g), st.integers(1, 4)),
-        elements=st.integers(-3, 3).map(float))),
+    st.integers(1, 4).flatmap(
+        lambda g: hnp.arrays(
+            np.float32,
+            st.tuples(st.just(4 * g), st.integers(1, 4)),
+            elements=st.integers(-3, 3).map(float),
+        )
+    ),
     st.integers(1, 4),
 )
 def test_n_of_m_properties(w, n):
@@ -214,17 +222,29 @@ def test_validation_messages(make, message):
 
 def test_shape_errors_name_the_path_and_shape():
     params = {"dense": {"kernel": jnp.ones((6, 3))}}
-    with pytest.raises(ValueError, match=r"TopK\(k=7, axis=0\) needs k <= the slice size, but "
-                       r"parameter 'dense/kernel' of shape \(6, 3\) has slices of 6 entries"):
+    with pytest.raises(
+        ValueError,
+        match=r"TopK\(k=7, axis=0\) needs k <= the slice size, but "
+        r"parameter 'dense/kernel' of shape \(6, 3\) has slices of 6 entries",
+    ):
         jaxcons.constrain({"**/kernel": TopK(7, axis=0)}).init(params)
-    with pytest.raises(ValueError, match=r"TopK\(k=19, axis=None\) needs k <= the slice size, but "
-                       r"parameter '<array>' of shape \(6, 3\) has slices of 18 entries"):
+    with pytest.raises(
+        ValueError,
+        match=r"TopK\(k=19, axis=None\) needs k <= the slice size, but "
+        r"parameter '<array>' of shape \(6, 3\) has slices of 18 entries",
+    ):
         TopK(19)(jnp.ones((6, 3)))
-    with pytest.raises(ValueError, match=r"NofM\(n=2, m=4\) needs the length of axis 0 to be a "
-                       r"multiple of m=4; parameter 'dense/kernel' has shape \(6, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"NofM\(n=2, m=4\) needs the length of axis 0 to be a "
+        r"multiple of m=4; parameter 'dense/kernel' has shape \(6, 3\)",
+    ):
         jaxcons.apply_constraints(params, {"**/kernel": NofM()})
-    with pytest.raises(ValueError, match=r"NofM axis=2: axis 2 is out of range for parameter "
-                       r"'dense/kernel' of shape \(6, 3\) \(rank 2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"NofM axis=2: axis 2 is out of range for parameter "
+        r"'dense/kernel' of shape \(6, 3\) \(rank 2\)",
+    ):
         jaxcons.constrain({"**/kernel": NofM(axis=2)}).init(params)
 
 

@@ -43,6 +43,12 @@ WIDTH = 2048
 LEARNING_RATE = 1e-3
 LIMIT = float(np.sqrt(6.0 / (WIDTH + WIDTH)))  # Glorot uniform: entries in (-0.038, 0.038).
 
+
+def optax_l1_ball(w: jax.Array) -> jax.Array:
+    """The sort-based L1-ball projection of optax, column by column: what `L1Ball` replaces."""
+    return jax.vmap(lambda v: optax.projections.projection_l1_ball(v, 10.0), 1, 1)(w)
+
+
 # (name, constraint): one row per case (names of at most 23 characters, for the table). Bounds
 # are chosen so that each constraint is active on the kernel (a column's L1 norm is about 39,
 # its L2 norm about 1).
@@ -51,6 +57,7 @@ CASES: list[tuple[str, Any]] = [
     ("Clip(-0.02, 0.02)", Clip(-0.02, 0.02)),
     ("Clip(max=per-column)", Clip(max_value=np.linspace(0.01, 0.03, WIDTH))),
     ("L1Ball(10.0)", L1Ball(10.0)),
+    ("optax L1 ball (sort)", optax_l1_ball),  # A plain callable, as a baseline for L1Ball.
     ("Simplex()", Simplex()),
     ("TopK(10% of all)", TopK(WIDTH * WIDTH // 10)),
     ("TopK(205, axis=0)", TopK(205, axis=0)),

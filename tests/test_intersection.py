@@ -15,6 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import jaxcons
 from jaxcons import constraints
@@ -146,6 +149,37 @@ def test_box_intersection_is_exactly_feasible_through_constrain():
     updates, _ = tx.update({"w": jnp.array([1e9], jnp.float32)}, tx.init(params), params)
     new = float(optax.apply_updates(params, updates)["w"][0])
     assert -1e8 <= new <= 1.0
+
+
+_ENTRY = st.floats(-10.0, 10.0, width=32, allow_subnormal=False)  # XLA:CPU flushes them.
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    hnp.arrays(np.float32, (4, 3), elements=_ENTRY),
+    hnp.arrays(np.float64, (2, 3), elements=st.floats(-2.0, 0.0)),
+    hnp.arrays(np.float64, (2, 3), elements=st.floats(0.0, 2.0)),
+)
+def test_boxes_property(x, lows, highs):
+    # Two per-column boxes (and a one-sided one): one clip onto the common box.
+    c = Intersection(Clip(lows[0], highs[0]), Clip(lows[1], highs[1]), Clip(max_value=1.5))
+    lo, hi = np.maximum(lows[0], lows[1]), np.minimum(np.minimum(highs[0], highs[1]), 1.5)
+    out = f64(c(jnp.asarray(x)))
+    np.testing.assert_array_equal(out, np.clip(x, lo.astype(np.float32), hi.astype(np.float32)))
+    np.testing.assert_array_equal(f64(c(jnp.asarray(out, jnp.float32))), out)
+
+
+@settings(max_examples=25, deadline=None)
+@given(hnp.arrays(np.float32, (5, 3), elements=_ENTRY), st.floats(0.1, 5.0))
+def test_orthant_ball_property(x, radius):
+    c = Intersection(MaxNorm(radius), NonNeg())
+    out = c(jnp.asarray(x))
+    y = f64(out)
+    assert np.all(y >= 0)
+    assert np.all(np.linalg.norm(y, axis=0) <= radius * (1 + 4e-7))
+    ref = np_ball(radius)(np.maximum(f64(x), 0))
+    np.testing.assert_allclose(y, ref, rtol=0, atol=4e-7 * max(1.0, float(np.max(np.abs(x)))))
+    np.testing.assert_allclose(f64(c(out)), y, rtol=0, atol=4e-7 * max(radius, 1.0))
 
 
 # --------------------------------------------------------------------------------------------

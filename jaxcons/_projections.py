@@ -24,6 +24,7 @@ from jaxcons._numerics import accumulation_dtype, safe_norm
 
 __all__ = [
     "as_matrix",
+    "box_ball",
     "check_kernel_4d",
     "clip_spectral_norm",
     "dykstra",
@@ -192,6 +193,52 @@ def simplex(w: jax.Array, total: float, axes: tuple[int, ...]) -> jax.Array:
     w = jnp.asarray(w)
     x = w.astype(accumulation_dtype(w.dtype))
     return jnp.maximum(x - _threshold(x, axes, total), 0).astype(w.dtype)
+
+
+def box_ball(
+    w: jax.Array, lower: Any, upper: Any, radius: float, axes: tuple[int, ...]
+) -> jax.Array:
+    """Projects every slice along ``axes`` onto ``{lower <= v <= upper, ||v||_2 <= radius}``.
+
+    The box must contain 0 (``lower <= 0 <= upper``; bounds are ``None``, scalars or arrays
+    broadcastable to ``w``). By the KKT conditions the projection is
+
+    .. math:: P(v) = \\mathrm{clip}(s v, a, b), \\quad s = 1 \\text{ if }
+       \\|\\mathrm{clip}(v, a, b)\\| \\le r, \\text{ else } \\|\\mathrm{clip}(s v, a, b)\\| = r
+
+    with ``s = 1 / (1 + lambda)`` in ``(0, 1]``; ``||clip(s v)||`` grows with ``s``, so
+    bisection on ``s`` (``nmant + 2`` halvings, under ``stop_gradient``) finds which entries
+    sit on the box; ``s`` is then solved in closed form on that split, differentiably:
+    ``s^2 = (r^2 - sum_clipped b_i^2) / sum_free v_i^2``. Computed in the accumulation dtype;
+    slices whose clip is already inside the ball are clipped only.
+    """
+    w = jnp.asarray(w)
+    dtype = accumulation_dtype(w.dtype)
+    x = w.astype(dtype)
+    a = None if lower is None else jnp.asarray(lower, dtype)
+    b = None if upper is None else jnp.asarray(upper, dtype)
+    r2 = jnp.asarray(radius, dtype) ** 2
+    xs = jax.lax.stop_gradient(x)
+
+    def sq_norm(s: jax.Array) -> jax.Array:
+        return jnp.sum(jnp.square(jnp.clip(s * xs, a, b)), axis=axes, keepdims=True)
+
+    def halve(_: Any, bracket: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        lo, hi = bracket
+        mid = (lo + hi) / 2
+        fits = sq_norm(mid) <= r2
+        return jnp.where(fits, mid, lo), jnp.where(fits, hi, mid)
+
+    ones = jnp.ones(sq_norm(jnp.ones((), dtype)).shape, dtype)
+    steps = int(jnp.finfo(dtype).nmant) + 2
+    s, _ = jax.lax.fori_loop(0, steps, halve, (jnp.zeros_like(ones), ones))
+    on_box = jnp.clip(s * xs, a, b) != s * xs
+    mass = jnp.sum(jnp.where(on_box, jnp.square(jnp.clip(x, a, b)), 0), axis=axes, keepdims=True)
+    free = jnp.sum(jnp.where(on_box, 0, jnp.square(x)), axis=axes, keepdims=True)
+    ratio = jnp.maximum(r2 - mass, 0) / jnp.where(free > 0, free, 1)
+    s = jnp.where((free > 0) & (ratio > 0), jnp.sqrt(jnp.where(ratio > 0, ratio, 1)), s)
+    inside = jnp.sum(jnp.square(jnp.clip(x, a, b)), axis=axes, keepdims=True) <= r2
+    return jnp.clip(jnp.where(inside, 1, s) * x, a, b).astype(w.dtype)
 
 
 def top_k_mask(w: jax.Array, k: int, axes: tuple[int, ...]) -> jax.Array:

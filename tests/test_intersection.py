@@ -45,6 +45,19 @@ class Orthant(jaxcons.Constraint):
         return jnp.maximum(w, jnp.zeros((), w.dtype))
 
 
+class Cube(jaxcons.Constraint):
+    """clip(w, -a, a) without elementwise bounds, for the same reason."""
+
+    def __init__(self, a):
+        self.a = a
+
+    def __call__(self, w):
+        return jnp.clip(w, -self.a, self.a)
+
+    def get_config(self):
+        return {"a": self.a}
+
+
 def np_ball(r):
     def project(x):
         n = np.linalg.norm(x, axis=0, keepdims=True)
@@ -64,26 +77,29 @@ def np_dykstra(x, projections, n_iter):
     return x
 
 
-def np_box_ball(x, a, r):
-    """The projection onto {|y_i| <= a} with every column's norm <= r: by the KKT conditions
-    it is clip(x / (1 + lam), -a, a), with lam >= 0 the smallest value meeting the norm."""
+def np_box_ball(x, lo, hi, r):
+    """The projection onto {lo <= y <= hi} (containing 0) with every column's norm <= r: by
+    the KKT conditions it is clip(x / (1 + lam), lo, hi), with lam >= 0 the smallest value
+    meeting the norm, found by bisection in float64. Bounds may be per column."""
     x = np.asarray(x, np.float64)
+    lo = np.broadcast_to(np.asarray(lo, np.float64), x.shape[1:])
+    hi = np.broadcast_to(np.asarray(hi, np.float64), x.shape[1:])
     out = np.empty_like(x)
     for j in range(x.shape[1]):
 
-        def norm(lam, v=x[:, j]):
-            return np.linalg.norm(np.clip(v / (1 + lam), -a, a))
+        def norm(lam, v=x[:, j], a=lo[j], b=hi[j]):
+            return np.linalg.norm(np.clip(v / (1 + lam), a, b))
 
-        lo, hi = 0.0, 1.0
+        left, right = 0.0, 1.0
         if norm(0.0) > r:
-            while norm(hi) > r:
-                hi *= 2
+            while norm(right) > r:
+                right *= 2
             for _ in range(200):
-                mid = (lo + hi) / 2
-                lo, hi = (mid, hi) if norm(mid) > r else (lo, mid)
+                mid = (left + right) / 2
+                left, right = (mid, right) if norm(mid) > r else (left, mid)
         else:
-            hi = 0.0
-        out[:, j] = np.clip(x[:, j] / (1 + hi), -a, a)
+            right = 0.0
+        out[:, j] = np.clip(x[:, j] / (1 + right), lo[j], hi[j])
     return out
 
 
@@ -128,6 +144,46 @@ def test_orthant_and_l1_ball_closed_form_matches_optax():
     assert np.any(positive.sum(axis=0) > 1.0) and np.any(positive.sum(axis=0) <= 1.0)
 
 
+@pytest.mark.parametrize("order", ["ball_first", "box_first"])
+@pytest.mark.parametrize(
+    ("box", "lo", "hi"),
+    [
+        (Clip(-0.1, 0.1), -0.1, 0.1),
+        (Clip(-0.05, [0.2, 0.1, 0.05, 0.3]), -0.05, np.array([0.2, 0.1, 0.05, 0.3])),
+        (Clip(max_value=0.08), -np.inf, 0.08),
+    ],
+    ids=["cube", "per_column", "one_sided"],
+)
+def test_box_and_ball_closed_form_matches_the_kkt_oracle(order, box, lo, hi):
+    x = normal((64, 4))
+    members = [MaxNorm(0.5), box] if order == "ball_first" else [box, MaxNorm(0.5)]
+    out = f64(Intersection(*members)(jnp.asarray(x)))
+    expected = np_box_ball(x, lo, hi, 0.5)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=4e-8)
+    assert np.all((out >= np.float32(lo)) & (out <= np.asarray(hi, np.float32)))
+    assert np.all(np.linalg.norm(out, axis=0) <= 0.5 * (1 + 4e-7))
+    # Dykstra, run long enough on a box it cannot recognise, agrees.
+    if np.ndim(hi) == 0 and lo == -hi:
+        slow = f64(Intersection(MaxNorm(0.5), Cube(hi), n_iter=3000)(jnp.asarray(x)))
+        np.testing.assert_allclose(out, slow, rtol=0, atol=1e-7)
+
+
+def test_box_and_ball_closed_form_gradient_matches_finite_differences():
+    x = normal((8, 3), seed=4)
+    c = Intersection(Clip(-0.3, 0.3), MaxNorm(0.6))
+    g = normal((8, 3), seed=5)
+    grad = np.asarray(jax.grad(lambda w: jnp.sum(c(w) * g))(jnp.asarray(x)), np.float64)
+    eps = 1e-3
+    numeric = np.zeros_like(grad)
+    for i in np.ndindex(x.shape):
+        up, down = x.astype(np.float64), x.astype(np.float64)
+        up[i] += eps
+        down[i] -= eps
+        f = [float(np.sum(np_box_ball(v, -0.3, 0.3, 0.6) * g)) for v in (up, down)]
+        numeric[i] = (f[0] - f[1]) / (2 * eps)
+    np.testing.assert_allclose(grad, numeric, rtol=0, atol=2e-3)
+
+
 def test_boxes_combine_into_one_clip():
     c = Intersection(Clip(-1.0, 0.5), Clip(0.0, 2.0), NonNeg())
     assert c.elementwise_bounds == (0.0, 0.5)
@@ -157,8 +213,8 @@ _ENTRY = st.floats(-10.0, 10.0, width=32, allow_subnormal=False)  # XLA:CPU flus
 @settings(max_examples=25, deadline=None)
 @given(
     hnp.arrays(np.float32, (4, 3), elements=_ENTRY),
-    hnp.arrays(np.float64, (2, 3), elements=st.floats(-2.0, 0.0)),
-    hnp.arrays(np.float64, (2, 3), elements=st.floats(0.0, 2.0)),
+    hnp.arrays(np.float64, (2, 3), elements=st.floats(-2.0, 0.0, width=32, allow_subnormal=False)),
+    hnp.arrays(np.float64, (2, 3), elements=st.floats(0.0, 2.0, width=32, allow_subnormal=False)),
 )
 def test_boxes_property(x, lows, highs):
     # Two per-column boxes (and a one-sided one): one clip onto the common box.
@@ -189,7 +245,7 @@ def test_orthant_ball_property(x, radius):
 def test_dykstra_matches_numpy_step_for_step():
     x = normal((32, 8))
     for n_iter in (1, 5, 50):
-        ours = f64(Intersection(MaxNorm(0.5), Clip(-0.1, 0.1), n_iter=n_iter)(jnp.asarray(x)))
+        ours = f64(Intersection(MaxNorm(0.5), Cube(0.1), n_iter=n_iter)(jnp.asarray(x)))
         ref = np_dykstra(x, [np_ball(0.5), lambda v: np.clip(v, -0.1, 0.1)], n_iter)
         np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6)
 
@@ -197,7 +253,7 @@ def test_dykstra_matches_numpy_step_for_step():
 def test_dykstra_convergence_figures_in_the_docstring():
     """The residuals the `Intersection` docstring quotes, measured here (256x64, float32)."""
     x = normal((256, 64))
-    exact = np_box_ball(x, 0.1, 0.5)
+    exact = np_box_ball(x, -0.1, 0.1, 0.5)
 
     def measure(members, n_iter):
         y = f64(jax.jit(Intersection(*members, n_iter=n_iter))(jnp.asarray(x)))
@@ -205,8 +261,8 @@ def test_dykstra_convergence_figures_in_the_docstring():
         ball = max(0.0, float(np.max(np.linalg.norm(y, axis=0))) - 0.5)
         return float(np.max(np.abs(y - exact))), box, ball
 
-    ball_first = [MaxNorm(0.5), Clip(-0.1, 0.1)]
-    box_first = [Clip(-0.1, 0.1), MaxNorm(0.5)]
+    ball_first = [MaxNorm(0.5), Cube(0.1)]
+    box_first = [Cube(0.1), MaxNorm(0.5)]
     d10, _, _ = measure(ball_first, 10)
     d100, _, _ = measure(ball_first, 100)
     d1000, box, ball = measure(ball_first, 1000)
@@ -222,13 +278,13 @@ def test_dykstra_convergence_figures_in_the_docstring():
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_narrow_dtypes_end_inside_the_last_set(dtype):
     x = jnp.asarray(normal((16, 4)), dtype)
-    out = Intersection(MaxNorm(1.0), Clip(-0.3, 0.3), n_iter=20)(x)
+    # A box that does not contain 0 has no closed form with a ball: Dykstra runs.
+    out = Intersection(MaxNorm(1.0), Clip(0.1, 0.3), n_iter=20)(x)
     assert out.dtype == dtype
     y = f64(out.astype(jnp.float32))
-    assert np.all(np.abs(y) <= 0.3)  # 0.3 is not representable: the last clip rounds inward.
-    ref = np_dykstra(
-        f64(x.astype(jnp.float32)), [np_ball(1.0), lambda v: np.clip(v, -0.3, 0.3)], 20
-    )
+    # Neither bound is representable: the last clip rounds them inward.
+    assert np.all((y >= 0.1) & (y <= 0.3))
+    ref = np_dykstra(f64(x.astype(jnp.float32)), [np_ball(1.0), lambda v: np.clip(v, 0.1, 0.3)], 20)
     np.testing.assert_allclose(y, ref, rtol=0, atol=2 * float(jnp.finfo(dtype).eps))
 
 

@@ -49,6 +49,20 @@ def optax_l1_ball(w: jax.Array) -> jax.Array:
     return jax.vmap(lambda v: optax.projections.projection_l1_ball(v, 10.0), 1, 1)(w)
 
 
+class UnrecognisedClip(jaxcons.Constraint):
+    """``clip(w, -a, a)`` without ``elementwise_bounds``: `Intersection` has no closed form
+    for it, so an intersection with it runs Dykstra's algorithm."""
+
+    def __init__(self, a: float):
+        self.a = a
+
+    def __call__(self, w: jax.Array) -> jax.Array:
+        return jnp.clip(w, -self.a, self.a)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"a": self.a}
+
+
 # (name, constraint): one row per case (names of at most 23 characters, for the table). Bounds
 # are chosen so that each constraint is active on the kernel (a column's L1 norm is about 39,
 # its L2 norm about 1).
@@ -64,8 +78,9 @@ CASES: list[tuple[str, Any]] = [
     ("NofM(2, 4)", NofM(2, 4)),
     ("Isect(NonNeg, Clip)", Intersection(NonNeg(), Clip(-0.02, 0.02))),  # One clip.
     ("Isect(NonNeg, MaxNorm)", Intersection(NonNeg(), MaxNorm(0.5))),  # Closed form.
-    ("Isect(MaxNorm,Clip) x10", Intersection(MaxNorm(0.5), Clip(-0.02, 0.02), n_iter=10)),
-    ("Isect(MaxNorm,Clip)x100", Intersection(MaxNorm(0.5), Clip(-0.02, 0.02))),  # Dykstra.
+    ("Isect(MaxNorm, Clip)", Intersection(MaxNorm(0.5), Clip(-0.02, 0.02))),  # KKT form.
+    ("Isect Dykstra x10", Intersection(MaxNorm(0.5), UnrecognisedClip(0.02), n_iter=10)),
+    ("Isect Dykstra x100", Intersection(MaxNorm(0.5), UnrecognisedClip(0.02))),
 ]
 
 

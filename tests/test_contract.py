@@ -249,6 +249,12 @@ def _on_simplex(rng, shape):
     return counts / 64.0
 
 
+def _capped_simplex(rng, shape):
+    """Columns summing to 1 exactly with every entry at most 0.375."""
+    cols = [rng.permutation([24, 20, 12, 8]) / 64.0 for _ in range(shape[1])]
+    return np.stack(cols, axis=1)
+
+
 def _sparse(k_of):
     """A normal tensor with at most ``k_of(shape)`` non-zeros in every slice of axis 0 groups."""
 
@@ -337,9 +343,12 @@ ROWS = [
     Row("intersection_orthant_ball", lambda: Intersection(NonNeg(), MaxNorm(1.0)), (4, 3),
         _both(_box(0.0, np.inf), _max_norm(1.0, [0])),
         lambda r, s: np.abs(_feasible_vectors([0], 0.3, 0.9)(r, s))),
-    Row("intersection_dykstra", lambda: Intersection(MaxNorm(1.0), Clip(-0.5, 0.5)), (4, 3),
+    Row("intersection_box_ball", lambda: Intersection(MaxNorm(1.0), Clip(-0.5, 0.5)), (4, 3),
         _both(_box(-0.5, 0.5), _max_norm(1.0, [0])),
         lambda r, s: np.clip(_feasible_vectors([0], 0.3, 0.9)(r, s), -0.4, 0.4)),
+    Row("intersection_dykstra", lambda: Intersection(Simplex(), Clip(max_value=0.5)), (4, 3),
+        _both(_simplex(1.0, [0]), _box(-np.inf, 0.5)), _capped_simplex,
+        at_zero=lambda shape: np.full(shape, 1.0 / shape[0])),
     Row("plain_callable", lambda: lambda w: jnp.clip(w, 0, 1), (4, 3), _box(0, 1),
         lambda r, s: r.uniform(0.1, 0.9, size=s), exact=True),
     Row("custom_subclass", Symmetric, (3, 3), _symmetric, _symmetric_matrix, exact=True),

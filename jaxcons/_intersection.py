@@ -156,10 +156,10 @@ class Intersection(Constraint):
     last 6e-2 / 6e-3 / 5e-7 (in both sets at every step, but far from the projection:
     clipping first shrinks every column more than needed). Put the set that moves the point
     least last, raise ``n_iter`` when the projection itself matters, and measure on your
-    data. A parameter inside every set comes back bit for bit (up to the
-    sign of zeros). Dykstra runs in at least float32 in a `jax.lax.fori_loop`; each sweep
-    costs one call of every member. A bf16/f16 result is cast back and projected once more
-    onto the last member's set in its own dtype (so a last `Clip` holds exactly).
+    data. A parameter inside every set comes back bit for bit (up to the sign of zeros).
+    Dykstra runs in at least float32 in a `jax.lax.fori_loop`; each sweep costs one call of
+    every member. A bf16/f16 result is cast back and projected once more onto the last
+    member's set in its own dtype (so a last `Clip` holds exactly).
 
     Args:
       *constraints: the members: stateless `Constraint` objects whose ``__call__`` is the

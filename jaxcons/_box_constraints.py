@@ -6,10 +6,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxcons._numerics import inward_bounds
 from jaxcons._protocol import Constraint
-from jaxcons._validation import real_number
+from jaxcons._validation import real_values
 
 __all__ = ["Clip", "NonNeg"]
 
@@ -35,45 +36,111 @@ class NonNeg(Constraint):
         return jnp.maximum(w, jnp.zeros((), w.dtype))
 
 
+Bound = float | np.ndarray | None
+
+
+def _shown(bound: Any) -> Any:
+    """A bound as a config value: scalars as given, arrays as nested lists."""
+    return bound.tolist() if isinstance(bound, np.ndarray) else bound
+
+
 class Clip(Constraint):
     """Clips every weight into ``[min_value, max_value]``: the projection onto a box.
 
     .. math:: P(w) = \\min(\\max(w, a), b)
 
+    Either bound may be ``None`` (a one-sided box: ``Clip(min_value=0.0)`` is `NonNeg`), a
+    scalar, or an array broadcastable to the parameter (per-element bounds: a
+    ``(out,)`` bound gives every column of a Dense kernel ``(in, out)`` its own interval).
+
     Through `jaxcons.constrain` the applied parameters stay exactly inside the box. For
     bfloat16 and float16 parameters a bound the dtype cannot represent is rounded inward
-    (``Clip(0, 0.3)`` clips bf16 weights at the bf16 just below 0.3), so no weight ever lies
-    outside ``[a, b]`` in exact arithmetic; float32 and float64 round to nearest.
+    (``Clip(0, 0.3)`` clips bf16 weights at the bf16 just below 0.3), entry by entry for
+    array bounds, so no weight ever lies outside ``[a, b]`` in exact arithmetic; float32 and
+    float64 round to nearest.
 
     Args:
-      min_value: the lower bound ``a`` (finite).
-      max_value: the upper bound ``b`` (finite, ``>= min_value``).
+      min_value: the lower bound ``a``: ``None``, a finite number, or an array of them.
+      max_value: the upper bound ``b``: ``None``, a finite number, or an array of them, with
+        ``a <= b`` everywhere. ``get_config`` holds array bounds as nested lists.
 
     Raises:
-      ValueError: if a bound is not finite or ``min_value > max_value``.
+      TypeError: at construction, if both bounds are ``None``.
+      ValueError: at construction, if a bound is not finite, the
+        two bounds do not broadcast together, or ``min_value > max_value`` somewhere (the
+        message names the index); when applied, for an array bound that does not broadcast
+        to the parameter's shape (the message names the path and both shapes).
+
+    References:
+      Boyd and Vandenberghe, 2004. *Convex Optimization*, section 8.1.1 (projection onto a
+      box is clipping each coordinate).
 
     Example:
       >>> import jax.numpy as jnp, jaxcons
       >>> jaxcons.Clip(0.0, 1.0)(jnp.array([-0.5, 0.25, 2.0]))
       Array([0.  , 0.25, 1.  ], dtype=float32)
+      >>> jaxcons.Clip(max_value=[1.0, 0.1])(jnp.array([[3.0, 3.0], [-5.0, 0.05]]))
+      Array([[ 1.  ,  0.1 ],
+             [-5.  ,  0.05]], dtype=float32)
     """
 
-    def __init__(self, min_value: float, max_value: float):
-        lo = real_number("min_value", min_value)
-        hi = real_number("max_value", max_value)
+    def __init__(self, min_value: Any = None, max_value: Any = None):
+        if min_value is None and max_value is None:
+            raise TypeError("Clip needs at least one bound: min_value and max_value are both None.")
+        lo = None if min_value is None else real_values("min_value", min_value)
+        hi = None if max_value is None else real_values("max_value", max_value)
+        if lo is not None and hi is not None:
+            _check_ordered(lo, hi, min_value, max_value)
+        self.min_value = _shown(lo) if isinstance(lo, np.ndarray) else min_value
+        self.max_value = _shown(hi) if isinstance(hi, np.ndarray) else max_value
+        self.elementwise_bounds = (lo, hi)
+
+    def check(self, shape: tuple[int, ...], path: str) -> None:
+        shape = tuple(shape)
+        for name, bound in zip(("min_value", "max_value"), self.elementwise_bounds, strict=True):
+            if not isinstance(bound, np.ndarray):
+                continue
+            try:
+                fits = np.broadcast_shapes(bound.shape, shape) == shape
+            except ValueError:
+                fits = False
+            if not fits:
+                raise ValueError(
+                    f"Clip {name} of shape {bound.shape} does not broadcast to parameter "
+                    f"{path!r} of shape {shape}."
+                )
+
+    def __call__(self, w: jax.Array) -> jax.Array:
+        w = jnp.asarray(w)
+        self.check(w.shape, "<array>")
+        lo, hi = inward_bounds(*self.elementwise_bounds, w.dtype, w.ndim)
+        return jnp.clip(w, lo, hi)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"min_value": self.min_value, "max_value": self.max_value}
+
+
+def _check_ordered(lo: Bound, hi: Bound, min_value: Any, max_value: Any) -> None:
+    """Raises ``ValueError`` unless ``lo <= hi`` everywhere (they must broadcast together)."""
+    if not isinstance(lo, np.ndarray) and not isinstance(hi, np.ndarray):
         if lo > hi:
             raise ValueError(
                 f"Clip needs min_value <= max_value, got min_value={min_value!r} > "
                 f"max_value={max_value!r}."
             )
-        self.min_value = min_value
-        self.max_value = max_value
-        self.elementwise_bounds = (lo, hi)
-
-    def __call__(self, w: jax.Array) -> jax.Array:
-        w = jnp.asarray(w)
-        lo, hi = inward_bounds(*self.elementwise_bounds, w.dtype)
-        return jnp.clip(w, lo, hi)
-
-    def get_config(self) -> dict[str, Any]:
-        return {"min_value": self.min_value, "max_value": self.max_value}
+        return
+    lo_a, hi_a = np.asarray(lo), np.asarray(hi)
+    try:
+        lo_a, hi_a = np.broadcast_arrays(lo_a, hi_a)
+    except ValueError:
+        raise ValueError(
+            f"Clip min_value of shape {lo_a.shape} and max_value of shape {hi_a.shape} do not "
+            f"broadcast together."
+        ) from None
+    bad = lo_a > hi_a
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"Clip needs min_value <= max_value everywhere; at index {index} min_value is "
+            f"{lo_a[index]} > max_value {hi_a[index]}."
+        )

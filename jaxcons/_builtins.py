@@ -12,8 +12,11 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from jaxcons._box_constraints import Clip, NonNeg
+from jaxcons._intersection import Intersection
+from jaxcons._l1_constraints import L1Ball, Simplex
 from jaxcons._norm_constraints import MaxNorm, MinMaxNorm, UnitNorm
 from jaxcons._radial_constraint import RadialConstraint
+from jaxcons._sparsity_constraints import NofM, TopK
 from jaxcons._spectral_constraint import SpectralNorm
 from jaxcons._weight_regularizers import L1, L1L2, L2, GroupLasso, OrthogonalRegularizer
 
@@ -49,6 +52,11 @@ CONSTRAINTS: tuple[Builtin, ...] = (
     Builtin(UnitNorm, "unit_norm", ("unitnorm",)),
     Builtin(RadialConstraint, "radial_constraint"),
     Builtin(SpectralNorm, "spectral_norm"),
+    Builtin(L1Ball, "l1_ball"),
+    Builtin(Simplex, "simplex"),
+    Builtin(TopK, "top_k"),
+    Builtin(NofM, "n_of_m"),
+    Builtin(Intersection, "intersection"),
 )
 
 REGULARIZERS: tuple[Builtin, ...] = (

@@ -77,7 +77,7 @@ def _feasible_delta(c: Constraint, p: jax.Array, y: jax.Array, u_dtype: Any) -> 
     t = update_delta(p, y, u_dtype)
     if c.elementwise_bounds is None:
         return t
-    lo, hi = inward_bounds(*c.elementwise_bounds, p.dtype)
+    lo, hi = inward_bounds(*c.elementwise_bounds, p.dtype, p.ndim)
 
     def lands(delta: jax.Array) -> jax.Array:  # What optax.apply_updates computes.
         return landing(p, delta)

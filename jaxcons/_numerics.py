@@ -32,23 +32,34 @@ def safe_norm(x: jax.Array, axes: Any) -> jax.Array:
 
 
 def inward_bounds(
-    lower: float | None, upper: float | None, dtype: Any
+    lower: float | np.ndarray | None,
+    upper: float | np.ndarray | None,
+    dtype: Any,
+    ndim: int = 0,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The box ``[lower, upper]`` as scalars of ``dtype``, rounded inward for narrow floats.
+    """The box ``[lower, upper]`` as arrays of ``dtype``, rounded inward for narrow floats.
 
-    For bfloat16 and float16 a bound that the dtype cannot represent is rounded towards the
-    inside of the box (``0.3`` becomes the bf16 just below it), so a clipped value never lies
-    outside the box in exact arithmetic. Wider dtypes round to nearest, as ``jnp.clip`` does.
+    Each bound is ``None`` (no bound on that side), a scalar or an array (per-element bounds).
+    For bfloat16 and float16 a bound entry that the dtype cannot represent is rounded towards
+    the inside of the box (``0.3`` becomes the bf16 just below it), so a clipped value never
+    lies outside the box in exact arithmetic. Wider dtypes round to nearest, as ``jnp.clip``
+    does. An array bound gets leading size-1 axes up to rank ``ndim`` (the parameter's), so
+    it broadcasts against the parameter without rank promotion.
     """
     dtype = np.dtype(dtype)
     narrow = jnp.finfo(dtype).bits < 32
 
-    def cast(bound: float | None, toward: float) -> np.ndarray | None:
+    def cast(bound: float | np.ndarray | None, toward: float) -> np.ndarray | None:
         if bound is None:
             return None
-        value = np.asarray(bound, dtype)
-        if narrow and float(value) != bound and (float(value) - bound) * toward < 0:
-            value = np.nextafter(value, np.asarray(toward * np.inf, dtype))
+        exact = np.asarray(bound, np.float64)
+        value = exact.astype(dtype)
+        if narrow:
+            outside = (value.astype(np.float64) - exact) * toward < 0
+            inward = np.nextafter(value, np.asarray(toward * np.inf, dtype))
+            value = np.asarray(np.where(outside, inward, value), dtype)
+        if value.ndim:
+            value = value.reshape((1,) * (ndim - value.ndim) + value.shape)
         return value
 
     return cast(lower, 1.0), cast(upper, -1.0)

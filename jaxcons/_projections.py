@@ -1,4 +1,5 @@
-"""Pure projection math behind the built-in constraints (norms, rings, spectral norms).
+"""Pure projection math behind the built-in constraints (norms, rings, spectral norms, L1 balls
+and simplices, sparsity masks, intersections).
 
 Every function here takes one array and returns an array of the same shape and dtype. Norms
 and means accumulate in at least float32 (bfloat16 and float16 inputs are upcast for the
@@ -23,18 +24,25 @@ from jaxcons._numerics import accumulation_dtype, safe_norm
 
 __all__ = [
     "as_matrix",
+    "box_ball",
     "check_kernel_4d",
     "clip_spectral_norm",
+    "dykstra",
     "exact_sigma",
     "initial_vector",
+    "l1_ball",
     "like_last_axis",
     "max_norm",
     "min_max_norm",
+    "n_of_m_mask",
     "power_iteration",
     "radial_mean",
     "radial_tf_keras",
     "replicated",
     "ring_index",
+    "simplex",
+    "threshold_iterations",
+    "top_k_mask",
     "top_right_singular_vector",
     "unit_norm",
 ]
@@ -89,6 +97,223 @@ def unit_norm(w: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     .. math:: P(w) = w / \\|w\\|
     """
     return _rescale(w, axes, lambda n: ((n > 0) & (n != 1), jnp.ones_like(n)))
+
+
+def threshold_iterations(dtype: Any) -> int:
+    """The cap on `_threshold`'s iterations for inputs of ``dtype``: mantissa bits + 8.
+
+    Each iteration at least halves the bracket around the threshold, so after this many the
+    bracket is below 1/256 of an ulp of the largest entry even if the Newton steps never
+    finished early (on the tests' data the result is final after at most 3).
+    """
+    return int(jnp.finfo(accumulation_dtype(dtype)).nmant) + 8
+
+
+def _threshold(x: jax.Array, axes: tuple[int, ...], total: float) -> jax.Array:
+    """The ``theta`` (per slice along ``axes``, keepdims) with ``sum(max(x - theta, 0)) = total``.
+
+    ``f(t) = sum(max(x - t, 0))`` is convex, piecewise linear and decreasing, so Newton's
+    method started below the root (Michelot's algorithm) climbs to it monotonically and lands
+    on it exactly once the support ``{x > t}`` is right. Each iteration takes that Newton step
+    from the lower end ``lo`` of a bracket ``[lo, hi]`` and also tests the bracket's midpoint,
+    so the bracket at least halves whatever the data; the loop stops when no slice's Newton
+    step moves any more (or after `threshold_iterations`). Only elementwise operations and
+    reductions over ``axes`` are used, no sort: a slice sharded across devices all-reduces a
+    few numbers per slice per iteration. The iterations run on ``stop_gradient(x)``; the
+    result is the closed form ``(sum_S x - total) / |S|`` on the support ``S`` they found,
+    differentiable in ``x`` (the projection's Jacobian almost everywhere).
+
+    Starting bracket (``n`` entries per slice, ``m = max x``): ``f(m - total) >= total`` and
+    ``f(m - total / n) <= total``, and ``(sum x - total) / n`` is Michelot's start (a lower
+    bound); ``lo`` stays strictly below ``m`` so the support is never empty.
+    """
+    n = math.prod(x.shape[a] for a in axes)
+    xs = jax.lax.stop_gradient(x)
+    top = jnp.max(xs, axis=axes, keepdims=True)
+    below_top = jnp.nextafter(top, jnp.full_like(top, -jnp.inf))
+
+    def support(t: jax.Array, values: jax.Array) -> tuple[jax.Array, jax.Array]:
+        inside = xs > t
+        count = jnp.sum(inside, axis=axes, keepdims=True, dtype=jnp.int32)
+        return jnp.sum(jnp.where(inside, values, 0), axis=axes, keepdims=True), count
+
+    def newton(t: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The Newton step from ``t`` (kept below the top), and ``f(t) - total``."""
+        mass, count = support(t, xs)
+        step = (mass - total) / jnp.maximum(count, 1).astype(x.dtype)
+        return jnp.minimum(step, below_top), mass - count.astype(x.dtype) * t - total, count
+
+    def body(carry: tuple[Any, ...]) -> tuple[Any, ...]:
+        i, lo, hi, _ = carry
+        lo_step, _, _ = newton(lo)
+        done = jnp.all(lo_step <= lo)  # No slice's Newton step moves: every lo is its root.
+        lo = jnp.maximum(lo, lo_step)
+        mid = (lo + hi) / 2
+        mid_step, excess, _ = newton(mid)
+        mid_is_low = excess >= 0  # mid <= theta: a lower bound, and so is its Newton step.
+        lo = jnp.where(mid_is_low, jnp.maximum(lo, mid_step), lo)
+        hi = jnp.where(mid_is_low, hi, mid)
+        return i + 1, lo, hi, done
+
+    def more(carry: tuple[Any, ...]) -> jax.Array:
+        i, _, _, done = carry
+        return (i < threshold_iterations(x.dtype)) & ~done
+
+    start = (jnp.sum(xs, axis=axes, keepdims=True) - total) / n
+    lo = jnp.minimum(jnp.maximum(top - total, start), below_top)
+    hi = top - total / n
+    _, lo, _, _ = jax.lax.while_loop(more, body, (0, lo, hi, jnp.array(False)))
+    mass, count = support(lo, x)
+    return (mass - total) / jnp.maximum(count, 1).astype(x.dtype)
+
+
+def l1_ball(w: jax.Array, radius: float, axes: tuple[int, ...]) -> jax.Array:
+    """Projects every slice of ``w`` along ``axes`` onto the L1 ball of radius ``radius > 0``.
+
+    .. math:: P(v) = \\operatorname{sign}(v) \\max(|v| - \\theta, 0), \\quad
+       \\textstyle\\sum_i \\max(|v_i| - \\theta, 0) = r
+
+    for slices with ``||v||_1 > r``; slices inside the ball come back bit for bit.
+    """
+    w = jnp.asarray(w)
+    x = jnp.abs(w.astype(accumulation_dtype(w.dtype)))
+    inside = jnp.sum(x, axis=axes, keepdims=True) <= radius
+    theta = _threshold(x, axes, radius)
+    y = jnp.sign(w).astype(x.dtype) * jnp.maximum(x - theta, 0)
+    return jnp.where(inside, w, y.astype(w.dtype))
+
+
+def simplex(w: jax.Array, total: float, axes: tuple[int, ...]) -> jax.Array:
+    """Projects every slice of ``w`` along ``axes`` onto ``{v >= 0, sum(v) = total}``.
+
+    .. math:: P(v) = \\max(v - \\theta, 0), \\quad \\textstyle\\sum_i \\max(v_i - \\theta, 0) = s
+
+    A slice already on the simplex whose sum is exactly ``total`` has ``theta = 0`` and comes
+    back bit for bit.
+    """
+    w = jnp.asarray(w)
+    x = w.astype(accumulation_dtype(w.dtype))
+    return jnp.maximum(x - _threshold(x, axes, total), 0).astype(w.dtype)
+
+
+def box_ball(
+    w: jax.Array, lower: Any, upper: Any, radius: float, axes: tuple[int, ...]
+) -> jax.Array:
+    """Projects every slice along ``axes`` onto ``{lower <= v <= upper, ||v||_2 <= radius}``.
+
+    The box must contain 0 (``lower <= 0 <= upper``; bounds are ``None``, scalars or arrays
+    broadcastable to ``w``). By the KKT conditions the projection is
+
+    .. math:: P(v) = \\mathrm{clip}(s v, a, b), \\quad s = 1 \\text{ if }
+       \\|\\mathrm{clip}(v, a, b)\\| \\le r, \\text{ else } \\|\\mathrm{clip}(s v, a, b)\\| = r
+
+    with ``s = 1 / (1 + lambda)`` in ``(0, 1]``; ``||clip(s v)||`` grows with ``s``, so
+    bisection on ``s`` (``nmant + 2`` halvings, under ``stop_gradient``) finds which entries
+    sit on the box; ``s`` is then solved in closed form on that split, differentiably:
+    ``s^2 = (r^2 - sum_clipped b_i^2) / sum_free v_i^2``. Computed in the accumulation dtype;
+    slices whose clip is already inside the ball are clipped only.
+    """
+    w = jnp.asarray(w)
+    dtype = accumulation_dtype(w.dtype)
+    x = w.astype(dtype)
+    a = None if lower is None else jnp.asarray(lower, dtype)
+    b = None if upper is None else jnp.asarray(upper, dtype)
+    r2 = jnp.asarray(radius, dtype) ** 2
+    xs = jax.lax.stop_gradient(x)
+
+    def sq_norm(s: jax.Array) -> jax.Array:
+        return jnp.sum(jnp.square(jnp.clip(s * xs, a, b)), axis=axes, keepdims=True)
+
+    def halve(_: Any, bracket: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        lo, hi = bracket
+        mid = (lo + hi) / 2
+        fits = sq_norm(mid) <= r2
+        return jnp.where(fits, mid, lo), jnp.where(fits, hi, mid)
+
+    ones = jnp.ones(sq_norm(jnp.ones((), dtype)).shape, dtype)
+    steps = int(jnp.finfo(dtype).nmant) + 2
+    s, _ = jax.lax.fori_loop(0, steps, halve, (jnp.zeros_like(ones), ones))
+    on_box = jnp.clip(s * xs, a, b) != s * xs
+    mass = jnp.sum(jnp.where(on_box, jnp.square(jnp.clip(x, a, b)), 0), axis=axes, keepdims=True)
+    free = jnp.sum(jnp.where(on_box, 0, jnp.square(x)), axis=axes, keepdims=True)
+    ratio = jnp.maximum(r2 - mass, 0) / jnp.where(free > 0, free, 1)
+    s = jnp.where((free > 0) & (ratio > 0), jnp.sqrt(jnp.where(ratio > 0, ratio, 1)), s)
+    inside = jnp.sum(jnp.square(jnp.clip(x, a, b)), axis=axes, keepdims=True) <= r2
+    return jnp.clip(jnp.where(inside, 1, s) * x, a, b).astype(w.dtype)
+
+
+def top_k_mask(w: jax.Array, k: int, axes: tuple[int, ...]) -> jax.Array:
+    """``True`` at the ``k`` largest-magnitude entries of every slice of ``w`` along ``axes``.
+
+    Ties go to the entry that comes first in the slice (row-major order over ``axes``), as in
+    `jax.lax.top_k`. The slice axes are moved last and flattened for `jax.lax.top_k`.
+    """
+    w = jax.lax.stop_gradient(jnp.asarray(w))
+    rest = tuple(a for a in range(w.ndim) if a not in axes)
+    moved = jnp.transpose(jnp.abs(w), rest + axes)
+    batch = moved.shape[: len(rest)]
+    flat = moved.reshape((math.prod(batch), -1))
+    _, index = jax.lax.top_k(flat, k)
+    rows = jnp.arange(flat.shape[0])[:, None]
+    keep = jnp.zeros(flat.shape, bool).at[rows, index].set(True)
+    keep = keep.reshape(moved.shape)
+    return jnp.transpose(keep, np.argsort(rest + axes))
+
+
+def n_of_m_mask(w: jax.Array, n: int, m: int, axis: int) -> jax.Array:
+    """``True`` at the ``n`` largest-magnitude entries of every group of ``m`` consecutive
+    entries of ``w`` along ``axis`` (whose length is a multiple of ``m``).
+
+    Entry ``i`` of a group is kept when fewer than ``n`` entries of its group beat it, where
+    ``j`` beats ``i`` if ``|w_j| > |w_i|``, or ``|w_j| = |w_i|`` and ``j < i`` (ties go to the
+    lower index). The ``m x m`` comparisons are elementwise and fuse into one reduction: no
+    sort, no gather.
+    """
+    w = jax.lax.stop_gradient(jnp.asarray(w))
+    shape = w.shape
+    grouped = jnp.abs(w).reshape((*shape[:axis], shape[axis] // m, m, *shape[axis + 1 :]))
+    g = axis + 1  # The axis of the position within a group.
+    mine = jnp.expand_dims(grouped, g + 1)  # (..., m [i], 1, ...)
+    theirs = jnp.expand_dims(grouped, g)  # (..., 1, m [j], ...)
+    lower = np.tril(np.ones((m, m), bool), -1)  # lower[i, j]: j < i.
+    lower = lower.reshape((1,) * g + (m, m) + (1,) * (grouped.ndim - g - 1))
+    beaten = (theirs > mine) | ((theirs == mine) & lower)
+    rank = jnp.sum(beaten, axis=g + 1, dtype=jnp.int32)
+    return (rank < n).reshape(shape)
+
+
+def dykstra(
+    w: jax.Array, projections: Sequence[Callable[[jax.Array], jax.Array]], n_iter: int
+) -> jax.Array:
+    """Dykstra's alternating projections onto the intersection of convex sets.
+
+    With ``x = w`` and one correction ``p_i = 0`` per set, each of ``n_iter`` sweeps runs, for
+    ``i = 1 ... k``:
+
+    .. math:: y = P_i(x + p_i), \\quad p_i \\leftarrow x + p_i - y, \\quad x \\leftarrow y
+
+    ``x`` converges to the projection of ``w`` onto the intersection (Boyle and Dykstra,
+    1986), not merely to some point of it as plain alternating projections do. It runs in
+    the accumulation dtype (bf16/f16 in float32) in a `jax.lax.fori_loop`; the result is cast
+    back and projected once more by the last set's projection in ``w``'s dtype, so that it
+    lies in the last set after rounding too (a no-op for float32 and wider). A ``w`` inside
+    every set is a fixed point: it comes back bit for bit (up to the sign of zeros).
+    """
+    w = jnp.asarray(w)
+    x = w.astype(accumulation_dtype(w.dtype))
+
+    def sweep(_: Any, carry: tuple[jax.Array, tuple[jax.Array, ...]]) -> Any:
+        x, corrections = carry
+        new = []
+        for project, p in zip(projections, corrections, strict=True):
+            y = project(x + p)
+            new.append(x + p - y)
+            x = y
+        return x, tuple(new)
+
+    zeros = tuple(jnp.zeros_like(x) for _ in projections)
+    x, _ = jax.lax.fori_loop(0, n_iter, sweep, (x, zeros))
+    return projections[-1](x.astype(w.dtype))
 
 
 def check_kernel_4d(shape: Sequence[int], path: str, owner: str) -> None:

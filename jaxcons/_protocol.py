@@ -152,9 +152,10 @@ class Constraint(Configurable):
       iteration of `SpectralNorm`) or a cheaper per-step method overrides it.
     * ``check(shape, path)``: raise ``ValueError`` when the constraint cannot act on a
       parameter of that shape (an ``axis`` out of range, say). Called once per trace.
-    * ``elementwise_bounds``: ``(lower, upper)`` (either may be ``None``) for constraints whose
-      set is an elementwise box; `jaxcons.constrain` then keeps the applied parameters
-      exactly inside it after ``optax.apply_updates``.
+    * ``elementwise_bounds``: ``(lower, upper)`` for constraints whose set is an elementwise
+      box, each ``None`` (unbounded), a float, or a NumPy array broadcastable to the
+      parameter; `jaxcons.constrain` then keeps the applied parameters exactly inside it
+      after ``optax.apply_updates``.
 
     Scalar hyper-parameters validated with ``jaxcons._schedules.schedulable`` may be optax
     schedules; `jaxcons.constrain` evaluates them at its own step count through `at_step`.
@@ -177,7 +178,7 @@ class Constraint(Configurable):
       Array([-1.,  1.,  3.], dtype=float32)
     """
 
-    elementwise_bounds: ClassVar[tuple[float | None, float | None] | None] = None
+    elementwise_bounds: ClassVar[tuple[Any, Any] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

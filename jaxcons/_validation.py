@@ -17,7 +17,9 @@ __all__ = [
     "optional_bool",
     "positive_int",
     "real_number",
+    "real_values",
     "resolve_axes",
+    "single_axis",
 ]
 
 Axis = int | tuple[int, ...] | None
@@ -75,6 +77,45 @@ def real_number(
     return v
 
 
+def real_values(name: str, value: Any) -> float | np.ndarray:
+    """Validates a hyper-parameter that is a finite real number or an array of them.
+
+    Args:
+      name: the argument's name, for the message.
+      value: a real scalar (as `real_number` takes), or a non-empty nested list/tuple, NumPy
+        array or concrete JAX array of finite integers or floats; ``bool`` is rejected.
+
+    Returns:
+      A Python float for a scalar (or a 0-d array), else a read-only float64 NumPy array.
+
+    Raises:
+      ValueError: naming the argument and the value (for an array: the first entry that is
+        not finite, and its index).
+    """
+    if isinstance(value, jax.core.Tracer) or _is_real_scalar(value):
+        return real_number(name, value)
+    expected = f"{name} must be a real number or an array of real numbers"
+    if not isinstance(value, (list, tuple, np.ndarray, jax.Array)):
+        raise ValueError(f"{expected}, got {value!r}.")
+    try:
+        array = np.asarray(value)
+    except ValueError:  # A ragged nested list.
+        raise ValueError(f"{expected}, got the ragged {value!r}.") from None
+    if array.dtype.kind not in "iuf":
+        raise ValueError(f"{expected}, got {value!r} (dtype {array.dtype}).")
+    if array.size == 0:
+        raise ValueError(f"{name} must not be empty, got {value!r} of shape {array.shape}.")
+    array = array.astype(np.float64)
+    bad = ~np.isfinite(array)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{name} must be finite, got {array[index]} at index {index}.")
+    if array.ndim == 0:
+        return float(array)
+    array.flags.writeable = False
+    return array
+
+
 def factor(name: str, value: Any, *, positive: bool = False) -> float:
     """Validates a regularization factor or step size (finite, ``>= 0``; ``> 0`` if positive)."""
     return real_number(name, value, minimum=0.0, strict=positive)
@@ -114,6 +155,13 @@ def axis_argument(axis: Any) -> Axis:
     if isinstance(axis, (list, tuple)) and axis and all(_is_int(a) for a in axis):
         return tuple(int(a) for a in axis)
     raise ValueError(f"axis must be an int, a non-empty list/tuple of ints, or None, got {axis!r}.")
+
+
+def single_axis(owner: str, axis: Any) -> int:
+    """Validates an ``axis`` argument that must name one axis: an int (``bool`` rejected)."""
+    if not _is_int(axis):
+        raise ValueError(f"{owner} axis must be an int (one axis), got {axis!r}.")
+    return int(axis)
 
 
 def axis_config(axis: Axis) -> int | list[int] | None:

@@ -50,11 +50,13 @@ from jaxcons import (
     L2,
     Clip,
     GroupLasso,
+    L1Ball,
     MaxNorm,
     MinMaxNorm,
     NonNeg,
     OrthogonalRegularizer,
     RadialConstraint,
+    Simplex,
     SpectralNorm,
     UnitNorm,
     apply_constraints,
@@ -433,6 +435,28 @@ def check_apply_constraints(s: Setup) -> str:
     return finish(problems, f"{count_arrays(out)} leaves keep their sharding; {describe(found)}")
 
 
+def check_l1_simplex(s: Setup) -> str:
+    """L1Ball and Simplex find their threshold without a sort: along a sharded axis they
+    all-reduce a few numbers per slice per iteration and never move the parameter."""
+    rules = {
+        "dense_col/kernel": Simplex(axis=0),  # Along an unsharded axis.
+        "dense_row/kernel": L1Ball(5.0, axis=0),  # Across 'model'.
+        "conv_in/kernel": L1Ball(2.0, axis=[0, 1, 2]),  # Across the sharded input channels.
+        "square/kernel": Simplex(axis=1),  # Across 'model' (and along 'data' on 2-D).
+    }
+
+    def fn(params: Any) -> Any:
+        return apply_constraints(params, rules, strict=False)
+
+    with jax.set_mesh(s.mesh):
+        out = jax.jit(fn)(s.params)
+        found = compiled_collectives(fn, s.params)
+    problems = sharding_problems(out, s.params, "L1Ball/Simplex apply_constraints")
+    problems += value_problems(out, jax.jit(fn)(s.host), "L1Ball/Simplex apply_constraints")
+    problems += moves_problems(found)
+    return finish(problems, f"{count_arrays(out)} leaves keep their sharding; {describe(found)}")
+
+
 def check_spectral_apply_constraints(s: Setup) -> str:
     """The exact path (an SVD): shardings must be kept; a gather is a documented limitation."""
     rules = spectral_rules()
@@ -609,6 +633,7 @@ def check_flax_train_state(s: Setup) -> str:
 CHECKS: dict[str, Callable[[Setup], str]] = {
     "detector": check_detector,
     "apply_constraints": check_apply_constraints,
+    "l1_simplex_apply_constraints": check_l1_simplex,
     "constrain_train_step": check_constrain_train_step,
     "penalty": check_penalty,
     "penalty_orthogonal": check_penalty_orthogonal,

@@ -7,6 +7,7 @@ predicate written here in numpy (float64), and flags for the checks that apply t
   bit; otherwise they hold within a few ulps of the dtype.
 * ``idempotent``: ``P(P(w)) == P(w)`` (not for ``MinMaxNorm(rate<1)`` nor tf.keras's radial).
 * ``keeps_feasible``: a strictly feasible input comes back bit for bit.
+* ``at_zero``: what the zero tensor maps to, when not zero (a simplex has no zero point).
 """
 
 import dataclasses
@@ -23,11 +24,16 @@ import jaxcons
 from jaxcons.constraints import (
     Clip,
     Constraint,
+    Intersection,
+    L1Ball,
     MaxNorm,
     MinMaxNorm,
+    NofM,
     NonNeg,
     RadialConstraint,
+    Simplex,
     SpectralNorm,
+    TopK,
     UnitNorm,
 )
 
@@ -130,6 +136,66 @@ def _box(lo, hi):
     return feasible
 
 
+def _l1_ball(r, axes):
+    def feasible(x, y, tol):
+        return bool(np.all(np.sum(np.abs(y), axis=tuple(axes)) <= r * (1 + tol)))
+
+    return feasible
+
+
+def _simplex(total, axes):
+    def feasible(x, y, tol):
+        sums = np.sum(y, axis=tuple(axes))
+        return bool(np.all(y >= -tol * total) and np.all(np.abs(sums - total) <= tol * total))
+
+    return feasible
+
+
+def _slices_last(a, axes):
+    """``a`` with the slice axes moved last and flattened: ``(n_slices, slice_size)``."""
+    rest = [i for i in range(a.ndim) if i not in axes]
+    return np.transpose(a, rest + list(axes)).reshape(-1, int(np.prod([a.shape[i] for i in axes])))
+
+
+def _top_k(k, axes):
+    """At most k non-zeros per slice, copies of the input's entries, and the largest ones:
+    entries clearly above the k-th largest magnitude are kept, those clearly below are zero."""
+
+    def feasible(x, y, tol):
+        xs, ys = _slices_last(x, axes), _slices_last(y, axes)
+        scale = tol * max(float(np.max(np.abs(x))), 1e-30)
+        kth = -np.sort(-np.abs(xs), axis=1)[:, k - 1 : k]
+        kept = ys != 0
+        return bool(
+            np.all(kept.sum(axis=1) <= k)
+            and np.all(np.abs(ys - xs)[kept] <= scale)
+            and np.all(kept | (np.abs(xs) <= kth + scale))
+            and np.all(np.abs(ys - xs)[np.abs(xs) > kth + scale] <= scale)
+        )
+
+    return feasible
+
+
+def _n_of_m(n, m):
+    """Along axis 0, every group of m consecutive entries is a top-n slice."""
+    top = _top_k(n, [1])
+
+    def feasible(x, y, tol):
+        def grouped(a):
+            return a.reshape(a.shape[0] // m, m, -1)
+
+        return top(grouped(x), grouped(y), tol)
+
+    return feasible
+
+
+def _both(*predicates):
+    def feasible(x, y, tol):
+        return all(p(x, y, tol) for p in predicates)
+
+    return feasible
+
+
 def _symmetric(x, y, tol):
     return bool(np.all(np.abs(y - y.T) <= tol * max(float(np.max(np.abs(y))), 1e-30)))
 
@@ -168,6 +234,49 @@ def _small_spectrum(rng, shape):
     return w / np.linalg.norm(w.reshape(-1, shape[-1]), 2) * 0.5
 
 
+def _feasible_l1(axes, low, high):
+    def make(rng, shape):
+        w = rng.normal(size=shape)
+        n = np.sum(np.abs(w), axis=tuple(axes), keepdims=True)
+        return w / n * rng.uniform(low, high, size=n.shape)
+
+    return make
+
+
+def _on_simplex(rng, shape):
+    """Columns of multiples of 1/64 summing to 1 exactly (in every dtype)."""
+    counts = rng.multinomial(64, np.ones(shape[0]) / shape[0], size=shape[1]).T
+    return counts / 64.0
+
+
+def _capped_simplex(rng, shape):
+    """Columns summing to 1 exactly with every entry at most 0.375."""
+    cols = [rng.permutation([24, 20, 12, 8]) / 64.0 for _ in range(shape[1])]
+    return np.stack(cols, axis=1)
+
+
+def _sparse(k_of):
+    """A normal tensor with at most ``k_of(shape)`` non-zeros in every slice of axis 0 groups."""
+
+    def make(rng, shape):
+        w = rng.normal(size=shape)
+        keep = np.zeros(shape, bool)
+        flat = keep.reshape(-1)
+        flat[rng.choice(flat.size, size=k_of(shape), replace=False)] = True
+        return np.where(keep, w, 0.0)
+
+    return make
+
+
+def _two_of_four(rng, shape):
+    w = rng.normal(size=shape)
+    groups = w.reshape(shape[0] // 4, 4, -1)
+    for g in range(groups.shape[0]):
+        for j in range(groups.shape[2]):
+            groups[g, rng.choice(4, size=2, replace=False), j] = 0.0
+    return groups.reshape(shape)
+
+
 def _symmetric_matrix(rng, shape):
     a = rng.normal(size=shape)
     return (a + a.T) / 2
@@ -189,6 +298,7 @@ class Row:
     # What `constrain` guarantees, when weaker than `feasible` (default: `feasible`, within
     # a few ulps).
     transform_feasible: Callable[[np.ndarray, np.ndarray, float], bool] | None = None
+    at_zero: Callable[[tuple[int, ...]], np.ndarray] | None = None
 
 
 ROWS = [
@@ -213,6 +323,32 @@ ROWS = [
         keeps_feasible=False),
     Row("spectral_norm", lambda: SpectralNorm(1.0), (4, 3), _spectral(1.0), _small_spectrum,
         transform_feasible=_spectral_power_iteration(1.0)),
+    Row("clip_one_sided", lambda: Clip(max_value=0.5), (4, 3), _box(-np.inf, 0.5),
+        lambda r, s: r.uniform(-2.0, 0.4, size=s), exact=True),
+    Row("clip_array", lambda: Clip([-0.5, -0.125, 0.0], [0.5, 0.25, 1.0]), (4, 3),
+        _box(np.array([-0.5, -0.125, 0.0]), np.array([0.5, 0.25, 1.0])),
+        lambda r, s: np.array([-0.4, -0.1, 0.1]) + r.uniform(0, 1, size=s) * [0.8, 0.3, 0.8],
+        exact=True),
+    Row("l1_ball", lambda: L1Ball(1.0), (4, 3), _l1_ball(1.0, [0]), _feasible_l1([0], 0.3, 0.9)),
+    Row("l1_ball_whole", lambda: L1Ball(2.0, axis=None), (3, 3, 2, 4),
+        _l1_ball(2.0, [0, 1, 2, 3]), _feasible_l1([0, 1, 2, 3], 0.5, 1.5)),
+    Row("simplex", Simplex, (4, 3), _simplex(1.0, [0]), _on_simplex,
+        at_zero=lambda shape: np.full(shape, 1.0 / shape[0])),
+    Row("top_k", lambda: TopK(5), (4, 3), _top_k(5, [0, 1]), _sparse(lambda s: 5), exact=True),
+    Row("top_k_columns", lambda: TopK(2, axis=0), (4, 3), _top_k(2, [0]),
+        lambda r, s: _two_of_four(r, s), exact=True),
+    Row("n_of_m", NofM, (8, 3), _n_of_m(2, 4), _two_of_four, exact=True),
+    Row("intersection_boxes", lambda: Intersection(NonNeg(), Clip(-0.5, 0.5)), (4, 3),
+        _box(0.0, 0.5), lambda r, s: r.uniform(0.05, 0.45, size=s), exact=True),
+    Row("intersection_orthant_ball", lambda: Intersection(NonNeg(), MaxNorm(1.0)), (4, 3),
+        _both(_box(0.0, np.inf), _max_norm(1.0, [0])),
+        lambda r, s: np.abs(_feasible_vectors([0], 0.3, 0.9)(r, s))),
+    Row("intersection_box_ball", lambda: Intersection(MaxNorm(1.0), Clip(-0.5, 0.5)), (4, 3),
+        _both(_box(-0.5, 0.5), _max_norm(1.0, [0])),
+        lambda r, s: np.clip(_feasible_vectors([0], 0.3, 0.9)(r, s), -0.4, 0.4)),
+    Row("intersection_dykstra", lambda: Intersection(Simplex(), Clip(max_value=0.5)), (4, 3),
+        _both(_simplex(1.0, [0]), _box(-np.inf, 0.5)), _capped_simplex,
+        at_zero=lambda shape: np.full(shape, 1.0 / shape[0])),
     Row("plain_callable", lambda: lambda w: jnp.clip(w, 0, 1), (4, 3), _box(0, 1),
         lambda r, s: r.uniform(0.1, 0.9, size=s), exact=True),
     Row("custom_subclass", Symmetric, (3, 3), _symmetric, _symmetric_matrix, exact=True),
@@ -326,7 +462,8 @@ def test_finite_value_and_grad_at_zero(row):
     zero = jnp.zeros(row.shape, jnp.float32)
     weights = jnp.asarray(np.random.default_rng(2).normal(size=row.shape), jnp.float32)
     value, grad = jax.jit(jax.value_and_grad(lambda w: jnp.sum(c(w) * weights)))(zero)
-    np.testing.assert_array_equal(np.asarray(c(zero)), np.zeros(row.shape, np.float32))
+    expected = row.at_zero(row.shape) if row.at_zero else np.zeros(row.shape)
+    np.testing.assert_allclose(np.asarray(c(zero)), expected, rtol=1e-6, atol=0)
     assert np.isfinite(float(value))
     assert grad.shape == row.shape
     assert np.all(np.isfinite(np.asarray(grad)))

@@ -15,6 +15,7 @@ from jaxcons._protocol import Constraint, Regularizer, StatefulConstraint
 from jaxcons._regularize import ProximalState, proximal, regularize
 from jaxcons._rules import Rules, mask
 from jaxcons._spectral_constraint import SpectralNormState
+from jaxcons._tangent import tangent
 from jaxcons._tree import path_str, paths
 
 __version__ = importlib.metadata.version("jaxcons")
@@ -46,6 +47,7 @@ __all__ = [
     "proximal",
     "regularize",
     "regularizers",
+    "tangent",
 ]
 __all__ += list(_BUILTIN_NAMES)  # The built-ins, from their table.
 __all__.sort()

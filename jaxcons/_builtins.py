@@ -12,10 +12,18 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from jaxcons._box_constraints import Clip, NonNeg
+from jaxcons._matrix_constraints import PSD, NuclearBall, Orthogonal, SingularValueClip
 from jaxcons._norm_constraints import MaxNorm, MinMaxNorm, UnitNorm
 from jaxcons._radial_constraint import RadialConstraint
 from jaxcons._spectral_constraint import SpectralNorm
-from jaxcons._weight_regularizers import L1, L1L2, L2, GroupLasso, OrthogonalRegularizer
+from jaxcons._weight_regularizers import (
+    L1,
+    L1L2,
+    L2,
+    GroupLasso,
+    NuclearNorm,
+    OrthogonalRegularizer,
+)
 
 __all__ = ["CONSTRAINTS", "REGULARIZERS", "Builtin", "public_names"]
 
@@ -49,6 +57,10 @@ CONSTRAINTS: tuple[Builtin, ...] = (
     Builtin(UnitNorm, "unit_norm", ("unitnorm",)),
     Builtin(RadialConstraint, "radial_constraint"),
     Builtin(SpectralNorm, "spectral_norm"),
+    Builtin(SingularValueClip, "singular_value_clip"),
+    Builtin(NuclearBall, "nuclear_ball"),
+    Builtin(PSD, "psd"),
+    Builtin(Orthogonal, "orthogonal"),
 )
 
 REGULARIZERS: tuple[Builtin, ...] = (
@@ -58,6 +70,7 @@ REGULARIZERS: tuple[Builtin, ...] = (
     Builtin(L1L2, "l1_l2", factory=lambda: L1L2(l1=0.01, l2=0.01)),
     Builtin(OrthogonalRegularizer, "orthogonal_regularizer"),
     Builtin(GroupLasso, "group_lasso"),
+    Builtin(NuclearNorm, "nuclear_norm"),
 )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -12,6 +12,7 @@ from jaxcons._constrain import constrain
 from jaxcons._regularize import proximal as proximal_transform
 from jaxcons._regularize import regularize
 from jaxcons._rules import Rules, RulesLike
+from jaxcons._tangent import tangent as tangent_transform
 
 __all__ = ["chain"]
 
@@ -25,6 +26,7 @@ def chain(
     learning_rate: float | Callable[[jax.Array], jax.typing.ArrayLike] | None = None,
     strict: bool | None = None,
     scratch: bool | None = None,
+    tangent: bool | RulesLike | Rules | None = None,
 ) -> optax.GradientTransformation:
     """Wraps an optimizer with jaxcons's transforms, each where it must go.
 
@@ -37,6 +39,7 @@ def chain(
 
        optax.chain(
            jaxcons.regularize(regularizers),              # g + grad(penalty)
+           jaxcons.tangent(constraints),                  # g onto the tangent spaces
            optimizer,                                     # the step
            jaxcons.proximal(proximal, learning_rate),     # prox of the step
            jaxcons.constrain(constraints),                # projection, last
@@ -56,6 +59,12 @@ def chain(
         ``proximal`` only.
       strict: passed to every part (``None``: each rule set's own default, ``True``).
       scratch: passed to `jaxcons.constrain`.
+      tangent: ``True`` to project the gradients onto the tangent spaces of the constraints'
+        sets (`jaxcons.tangent` with the ``constraints`` rules; every governed constraint
+        must have one, e.g. `UnitNorm`, `Orthogonal`), making the optimizer step Riemannian
+        with `jaxcons.constrain` as the retraction; or tangent rules of their own (a subset
+        of the parameters, when other constraints have no tangent space); ``None`` or
+        ``False`` (default): no projection.
 
     Returns:
       An `optax.GradientTransformation`.
@@ -64,7 +73,8 @@ def chain(
       TypeError: for an ``optimizer`` that is not an `optax.GradientTransformation` (a rule
         mapping given first by mistake, or an optimizer factory not called).
       ValueError: when no rules are given at all, for ``proximal`` without
-        ``learning_rate`` or ``learning_rate`` without ``proximal``, and as the parts raise.
+        ``learning_rate`` or ``learning_rate`` without ``proximal``, for ``tangent`` without
+        ``constraints`` or of another type, and as the parts raise.
 
     Example:
       >>> import jax.numpy as jnp, optax, jaxcons
@@ -109,12 +119,33 @@ def chain(
             f"jaxcons.chain got scratch={scratch!r} but no constraints: the scratch buffer is "
             "an option of jaxcons.constrain."
         )
+    tangent_rules = _tangent_rules(tangent, constraints)
     parts: list[Any] = []
     if regularizers is not None:
         parts.append(regularize(regularizers, strict=strict))
+    if tangent_rules is not None:
+        parts.append(tangent_transform(tangent_rules, strict=strict))
     parts.append(optimizer)
     if proximal is not None:
         parts.append(proximal_transform(proximal, learning_rate, strict=strict))
     if constraints is not None:
         parts.append(constrain(constraints, strict=strict, scratch=scratch))
     return optax.chain(*parts)
+
+
+def _tangent_rules(tangent: Any, constraints: Any) -> Any:
+    """The rules `chain` gives `jaxcons.tangent` (``None``: no tangent projection)."""
+    if tangent is None or tangent is False:
+        return None
+    if not (tangent is True or isinstance(tangent, (Rules, Mapping, list, tuple))):
+        raise ValueError(
+            f"jaxcons.chain got tangent={tangent!r}: expected True (the constraints' own "
+            "tangent spaces), tangent rules {pattern: constraint}, False or None."
+        )
+    if constraints is None:
+        raise ValueError(
+            f"jaxcons.chain got tangent={tangent!r} but no constraints: a step projected onto "
+            "tangent spaces leaves the set to second order and needs jaxcons.constrain as the "
+            "retraction; pass the same rules as constraints=."
+        )
+    return constraints if tangent is True else tangent

@@ -34,6 +34,7 @@ __all__ = [
     "radial_mean",
     "radial_tf_keras",
     "ring_index",
+    "sphere_tangent",
     "top_right_singular_vector",
     "unit_norm",
 ]
@@ -88,6 +89,23 @@ def unit_norm(w: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     .. math:: P(w) = w / \\|w\\|
     """
     return _rescale(w, axes, lambda n: ((n > 0) & (n != 1), jnp.ones_like(n)))
+
+
+def sphere_tangent(w: jax.Array, g: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """Projects every slice of ``g`` along ``axes`` onto the tangent space of the sphere
+    through the same slice of ``w``: removes its radial component.
+
+    .. math:: P_w(g) = g - w \\frac{\\langle w, g \\rangle}{\\|w\\|^2}
+
+    A zero slice of ``w`` has no sphere through it: its slice of ``g`` is returned unchanged
+    (with finite gradients). The result has ``g``'s dtype, computed in >= float32.
+    """
+    dtype = accumulation_dtype(jnp.promote_types(w.dtype, g.dtype))
+    x, y = w.astype(dtype), g.astype(dtype)
+    sq = jnp.sum(x * x, axis=axes, keepdims=True)
+    nonzero = sq > 0
+    radial = jnp.sum(x * y, axis=axes, keepdims=True) / jnp.where(nonzero, sq, 1)
+    return (y - jnp.where(nonzero, radial, 0) * x).astype(g.dtype)
 
 
 def check_kernel_4d(shape: Sequence[int], path: str, owner: str) -> None:

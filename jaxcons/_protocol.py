@@ -147,6 +147,12 @@ class Constraint(Configurable):
     * ``elementwise_bounds``: ``(lower, upper)`` (either may be ``None``) for constraints whose
       set is an elementwise box; `jaxcons.constrain` then keeps the applied parameters
       exactly inside it after ``optax.apply_updates``.
+    * ``tangent(w, g) -> g``: the orthogonal projection of an update ``g`` onto the tangent
+      space of the set at ``w`` (a point on it), for sets that are smooth manifolds (the
+      spheres of `UnitNorm`, the Stiefel manifold of `Orthogonal`); returns an array of
+      ``g``'s shape and dtype (checked). `jaxcons.tangent` needs it; ``None`` (the default)
+      means the set has no tangent space, and `jaxcons.tangent` rejects the constraint when
+      it initialises.
 
     Outputs are checked: a projection that changes the parameter's shape or dtype, or a
     ``project`` that changes the structure of its state, is a ``ValueError`` naming the
@@ -167,6 +173,7 @@ class Constraint(Configurable):
     """
 
     elementwise_bounds: ClassVar[tuple[float | None, float | None] | None] = None
+    tangent: ClassVar[Callable[..., jax.Array] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

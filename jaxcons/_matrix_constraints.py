@@ -20,7 +20,7 @@ __all__ = ["PSD", "NuclearBall", "Orthogonal", "SingularValueClip"]
 DEFAULT_NEWTON_SCHULZ_ITERATIONS = 2
 
 # `Orthogonal.init` accepts a start whose singular values (over `scale`) lie in this range:
-# from there the Newton–Schulz steps of the first few updates bring it onto the set.
+# from there the Newton-Schulz steps of the first few updates bring it onto the set.
 _START_RANGE = (0.5, 1.5)
 
 
@@ -212,7 +212,7 @@ class Orthogonal(Constraint):
     * Called directly (or through `jaxcons.apply_constraints`): exact, one SVD. A kernel whose
       Gram matrix is within 4 ulps of ``s^2 I`` (``max |W^T W / s^2 - I| <= 4 eps``) comes
       back bit for bit; a zero kernel stays zero (it has no polar factor).
-    * Inside `jaxcons.constrain` (`project`): ``n_iterations`` Newton–Schulz (Björck–Bowie)
+    * Inside `jaxcons.constrain` (`project`): ``n_iterations`` Newton-Schulz (Björck-Bowie)
       steps ``X <- X (3 I - X^T X) / 2`` on ``X = W / s``, only matrix products, no SVD.
       Each step squares the distance to the set (an error ``e`` in a singular value becomes
       about ``1.5 e^2``), so a kernel that was orthogonal one step ago comes back within
@@ -231,7 +231,7 @@ class Orthogonal(Constraint):
 
     Args:
       scale: the scale ``s > 0`` (finite) of the orthonormal columns.
-      n_iterations: Newton–Schulz steps per `project` call (a positive int).
+      n_iterations: Newton-Schulz steps per `project` call (a positive int).
 
     Raises:
       ValueError: at construction, for a ``scale`` that is not finite and > 0 or an
@@ -247,7 +247,7 @@ class Orthogonal(Constraint):
              [0., 0.]], dtype=float32)
       >>> near = jnp.array([[1.01, 0.0], [0.0, 0.99]])  # Orthogonal one step ago.
       >>> c = jaxcons.Orthogonal()
-      >>> c.project(near, c.init(near))[0].round(6)  # Two Newton–Schulz steps.
+      >>> c.project(near, c.init(near))[0].round(6)  # Two Newton-Schulz steps.
       Array([[1., 0.],
              [0., 1.]], dtype=float32)
 
@@ -259,9 +259,7 @@ class Orthogonal(Constraint):
       "Optimization Algorithms on Matrix Manifolds", Princeton 2008.
     """
 
-    def __init__(
-        self, scale: float = 1.0, n_iterations: int = DEFAULT_NEWTON_SCHULZ_ITERATIONS
-    ):
+    def __init__(self, scale: float = 1.0, n_iterations: int = DEFAULT_NEWTON_SCHULZ_ITERATIONS):
         self.scale = real_number("scale", scale, minimum=0.0, strict=True)
         self.n_iterations = positive_int("n_iterations", n_iterations)
 
@@ -283,7 +281,7 @@ class Orthogonal(Constraint):
             low, high = _START_RANGE
             if s.size and not (s.min() >= low and s.max() <= high):
                 raise ValueError(
-                    f"{self!r} inside jaxcons.constrain refines the kernel with Newton–Schulz "
+                    f"{self!r} inside jaxcons.constrain refines the kernel with Newton-Schulz "
                     f"steps, which need a start near the set: the singular values of this "
                     f"kernel of shape {tuple(w.shape)}, divided by scale, lie in "
                     f"[{s.min():.3g}, {s.max():.3g}], not inside [{low}, {high}]. Project the "
@@ -293,7 +291,7 @@ class Orthogonal(Constraint):
         return super().init(w)
 
     def project(self, w: jax.Array, state: Any) -> tuple[jax.Array, Any]:
-        """``n_iterations`` Newton–Schulz steps towards the set (no SVD); see the class."""
+        """``n_iterations`` Newton-Schulz steps towards the set (no SVD); see the class."""
         w = jnp.asarray(w)
         self.check(w.shape, "")
         return ops.newton_schulz(w, self.scale, self.n_iterations), state

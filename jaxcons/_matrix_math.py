@@ -1,5 +1,5 @@
 """Pure math of the matrix constraints: projections through the SVD or the eigendecomposition,
-the polar factor and its Newton–Schulz iteration, and the tangent spaces of the Stiefel manifold.
+the polar factor and its Newton-Schulz iteration, and the tangent spaces of the Stiefel manifold.
 
 Every function takes one kernel ``w`` and returns an array of its shape and dtype, computed in
 at least float32 (`accumulation_dtype`). Kernels of rank > 2 are viewed as the matrix
@@ -182,9 +182,8 @@ def project_psd(w: jax.Array, min_eigenvalue: float) -> jax.Array:
     lam_min = jnp.min(lam, axis=-1)[..., None, None]
     feasible = symmetric & (zero & (min_eigenvalue <= 0) | ~zero & (lam_min >= min_eigenvalue))
     clipped = jnp.maximum(lam, min_eigenvalue)
-    projected = jnp.matmul(
-        q * clipped[..., None, :], jnp.swapaxes(q, -1, -2), precision=_HIGHEST
-    )
+    projected = jnp.matmul(q * clipped[..., None, :], jnp.swapaxes(q, -1, -2), precision=_HIGHEST)
+    projected = (projected + jnp.swapaxes(projected, -1, -2)) / 2  # Exactly symmetric.
     # A zero matrix with min_eigenvalue > 0 projects to c * I.
     identity = min_eigenvalue * jnp.eye(x.shape[-1], dtype=x.dtype)
     projected = jnp.where(zero, identity, projected)
@@ -256,7 +255,7 @@ def polar(w: jax.Array, scale: float, tolerance: float) -> jax.Array:
 
 
 def newton_schulz(w: jax.Array, scale: float, n_iterations: int) -> jax.Array:
-    """``n_iterations`` Newton–Schulz (Björck–Bowie) steps towards ``scale`` times the polar
+    """``n_iterations`` Newton-Schulz (Björck-Bowie) steps towards ``scale`` times the polar
     factor of ``w``.
 
     .. math:: X_0 = W / s, \\qquad X_{k+1} = \\tfrac12 X_k (3 I - X_k^\\top X_k), \\qquad
@@ -287,7 +286,7 @@ def stiefel_tangent(w: jax.Array, g: jax.Array, scale: float) -> jax.Array:
     ``W^T G`` and ``G - P_W(G)`` lies in the normal space. For a wide kernel
     ``P_W(G) = G - \\operatorname{sym}(G W^\\top) W / s^2``.
     """
-    dtype = accumulation_dtype(jnp.promote_types(w.dtype, g.dtype))
+    dtype = accumulation_dtype(w.dtype, g.dtype)
     x, y = w.astype(dtype), g.astype(dtype)
     tall = _tall(w.shape)
     out_sharding = P() if _explicit(x) else None

@@ -100,7 +100,7 @@ def sphere_tangent(w: jax.Array, g: jax.Array, axes: tuple[int, ...]) -> jax.Arr
     A zero slice of ``w`` has no sphere through it: its slice of ``g`` is returned unchanged
     (with finite gradients). The result has ``g``'s dtype, computed in >= float32.
     """
-    dtype = accumulation_dtype(jnp.promote_types(w.dtype, g.dtype))
+    dtype = accumulation_dtype(w.dtype, g.dtype)
     x, y = w.astype(dtype), g.astype(dtype)
     sq = jnp.sum(x * x, axis=axes, keepdims=True)
     nonzero = sq > 0

@@ -48,7 +48,7 @@ def tangent(
     With `optax.sgd` this is Riemannian gradient descent with the projection as retraction
     (Absil, Mahony and Sepulchre, 2008, ch. 4): the step leaves the manifold only to second
     order in the learning rate, so the retraction moves the parameters less and a cheap one
-    (`Orthogonal`'s Newton–Schulz steps) has less to correct. With an adaptive optimizer
+    (`Orthogonal`'s Newton-Schulz steps) has less to correct. With an adaptive optimizer
     (Adam) the moments mix tangent vectors of past points without transporting them, and the
     per-coordinate scaling takes the step slightly out of the tangent space; the projection
     of the gradient still removes its normal part, which is what would fight the constraint.

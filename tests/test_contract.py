@@ -21,12 +21,16 @@ import pytest
 
 import jaxcons
 from jaxcons.constraints import (
+    PSD,
     Clip,
     Constraint,
     MaxNorm,
     MinMaxNorm,
     NonNeg,
+    NuclearBall,
+    Orthogonal,
     RadialConstraint,
+    SingularValueClip,
     SpectralNorm,
     UnitNorm,
 )
@@ -123,6 +127,59 @@ def _spectral_power_iteration(c):
     return feasible
 
 
+def _singular_values(y):
+    return np.linalg.svd(y.reshape(-1, y.shape[-1]), compute_uv=False)
+
+
+def _singular_band(a, b):
+    def feasible(x, y, tol):
+        s = _singular_values(y)
+        return bool(np.all((s >= a * (1 - tol)) & (s <= b * (1 + tol))))
+
+    return feasible
+
+
+def _nuclear(r):
+    def feasible(x, y, tol):
+        return bool(np.sum(_singular_values(y)) <= r * (1 + tol))
+
+    return feasible
+
+
+def _psd(c):
+    def feasible(x, y, tol):
+        scale = max(float(np.max(np.abs(y))), 1e-30)
+        symmetric = np.all(np.abs(y - np.swapaxes(y, -1, -2)) <= tol * scale)
+        return bool(symmetric and np.all(np.linalg.eigvalsh(y) >= c - tol * scale))
+
+    return feasible
+
+
+def _orthonormal(s):
+    """Columns (rows, if wide) of the (rows, out) view orthonormal, times `s`."""
+
+    def feasible(x, y, tol):
+        m = y.reshape(-1, y.shape[-1]) / s
+        gram = m.T @ m if m.shape[0] >= m.shape[1] else m @ m.T
+        return bool(np.max(np.abs(gram - np.eye(len(gram)))) <= tol)
+
+    return feasible
+
+
+def _newton_schulz(s, n):
+    """Inside `constrain`, `Orthogonal` runs `n` Newton-Schulz steps on `x / s` (tall view):
+    the oracle runs them in float64. With the tests' large steps (~1 per entry) the result is
+    not yet orthonormal; the scale of 10 keeps it in the iteration's convergent range."""
+
+    def feasible(x, y, tol):
+        z = x.reshape(-1, x.shape[-1]) / s
+        for _ in range(n):
+            z = z @ (3 * np.eye(z.shape[1]) - z.T @ z) / 2
+        return bool(np.allclose(y, s * z.reshape(x.shape), rtol=0, atol=20 * tol * s))
+
+    return feasible
+
+
 def _box(lo, hi):
     def feasible(x, y, tol):
         return bool(np.all((y >= lo) & (y <= hi)))
@@ -166,6 +223,45 @@ def _ring_constant_kernel(rng, shape):
 def _small_spectrum(rng, shape):
     w = rng.normal(size=shape)
     return w / np.linalg.norm(w.reshape(-1, shape[-1]), 2) * 0.5
+
+
+def _with_singular_values(low, high):
+    def make(rng, shape):
+        rows, cols = int(np.prod(shape[:-1])), shape[-1]
+        u, _ = np.linalg.qr(rng.normal(size=(rows, min(rows, cols))))
+        v, _ = np.linalg.qr(rng.normal(size=(cols, min(rows, cols))))
+        s = rng.uniform(low, high, size=min(rows, cols))
+        return ((u * s) @ v.T).reshape(shape)
+
+    return make
+
+
+def _nuclear_inside(r):
+    def make(rng, shape):
+        w = rng.normal(size=shape)
+        return w * (0.7 * r / np.sum(_singular_values(w)))
+
+    return make
+
+
+def _positive_definite(rng, shape):
+    a = rng.normal(size=shape)
+    eye = np.eye(shape[-1])
+    spd = a @ np.swapaxes(a, -1, -2) / shape[-1] + 0.5 * eye
+    return (spd + np.swapaxes(spd, -1, -2)) / 2
+
+
+def _signed_permutation(s):
+    """Orthonormal columns exactly representable in every dtype: signed one-hot columns in
+    distinct rows, times `s`."""
+
+    def make(rng, shape):
+        w = np.zeros(shape)
+        rows = rng.permutation(shape[0])[: shape[1]]
+        w[rows, np.arange(shape[1])] = s * rng.choice([-1, 1], shape[1])
+        return w
+
+    return make
 
 
 def _symmetric_matrix(rng, shape):
@@ -213,6 +309,21 @@ ROWS = [
         keeps_feasible=False),
     Row("spectral_norm", lambda: SpectralNorm(1.0), (4, 3), _spectral(1.0), _small_spectrum,
         transform_feasible=_spectral_power_iteration(1.0)),
+    Row("singular_value_clip", SingularValueClip, (4, 3), _singular_band(0.0, 1.0),
+        _with_singular_values(0.2, 0.9)),
+    Row("singular_value_clip_band", lambda: SingularValueClip(0.5, 1.0), (4, 3),
+        _singular_band(0.5, 1.0), _with_singular_values(0.6, 0.9)),
+    Row("nuclear_ball", lambda: NuclearBall(1.5), (4, 3), _nuclear(1.5), _nuclear_inside(1.5)),
+    Row("nuclear_ball_conv", lambda: NuclearBall(2.0), (3, 3, 2, 4), _nuclear(2.0),
+        _nuclear_inside(2.0)),
+    Row("psd", PSD, (2, 3, 3), _psd(0.0), _positive_definite),
+    # Orthogonal's set is not convex; a scale of 10 keeps the contract's large steps (about
+    # 1 per entry) inside the range where the Newton-Schulz steps of `constrain` converge.
+    Row("orthogonal", lambda: Orthogonal(scale=10.0), (4, 3), _orthonormal(10.0),
+        _signed_permutation(10.0), transform_feasible=_newton_schulz(10.0, 2)),
+    Row("orthogonal_wide", lambda: Orthogonal(scale=10.0), (3, 5), _orthonormal(10.0),
+        lambda r, s: _signed_permutation(10.0)(r, s[::-1]).T,
+        transform_feasible=lambda x, y, tol: _newton_schulz(10.0, 2)(x.T, y.T, tol)),
     Row("plain_callable", lambda: lambda w: jnp.clip(w, 0, 1), (4, 3), _box(0, 1),
         lambda r, s: r.uniform(0.1, 0.9, size=s), exact=True),
     Row("custom_subclass", Symmetric, (3, 3), _symmetric, _symmetric_matrix, exact=True),

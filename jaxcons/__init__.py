@@ -10,6 +10,7 @@ import importlib.metadata
 from jaxcons import _builtins, constraints, regularizers
 from jaxcons._chain import chain
 from jaxcons._constrain import ConstrainState, apply_constraints, constrain
+from jaxcons._matrix_constraints import OrthogonalState
 from jaxcons._penalties import activity_penalty, penalties, penalty
 from jaxcons._protocol import Constraint, Regularizer, StatefulConstraint
 from jaxcons._regularize import ProximalState, proximal, regularize
@@ -29,6 +30,7 @@ globals().update(_BUILTIN_NAMES)
 __all__ = [
     "ConstrainState",
     "Constraint",
+    "OrthogonalState",
     "ProximalState",
     "Regularizer",
     "Rules",

@@ -3,18 +3,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxcons import _matrix_math as ops
-from jaxcons._projections import as_matrix
-from jaxcons._protocol import Constraint
+from jaxcons._numerics import accumulation_dtype
+from jaxcons._projections import as_matrix, initial_vector, like_last_axis, power_iteration
+from jaxcons._protocol import Constraint, StatefulConstraint
 from jaxcons._validation import positive_int, real_number
 
-__all__ = ["PSD", "NuclearBall", "Orthogonal", "SingularValueClip"]
+__all__ = ["PSD", "NuclearBall", "Orthogonal", "OrthogonalState", "SingularValueClip"]
 
 # The `Orthogonal` default, chosen by `benchmarks/orthogonal_iterations.py` (see BUILD.md).
 DEFAULT_NEWTON_SCHULZ_ITERATIONS = 2
@@ -22,6 +23,9 @@ DEFAULT_NEWTON_SCHULZ_ITERATIONS = 2
 # `Orthogonal.init` accepts a start whose singular values (over `scale`) lie in this range:
 # from there the Newton-Schulz steps of the first few updates bring it onto the set.
 _START_RANGE = (0.5, 1.5)
+
+# Power-iteration steps per `Orthogonal.project` for the divergence guard of `newton_schulz`.
+_GUARD_POWER_ITERATIONS = 2
 
 
 class SingularValueClip(Constraint):
@@ -193,7 +197,20 @@ class PSD(Constraint):
         return {"min_eigenvalue": self.min_eigenvalue}
 
 
-class Orthogonal(Constraint):
+class OrthogonalState(NamedTuple):
+    """State of `Orthogonal` for one kernel, carried in `jaxcons.ConstrainState`.
+
+    Attributes:
+      u: the unit-norm estimate of the kernel's top right singular vector (the kernel viewed
+        as ``(rows, out)``), shape ``(out,)``, float32 (float64 for float64 kernels), sharded
+        like the kernel's last axis where that is known. It warm-starts the power iteration
+        that guards the Newton-Schulz steps against divergence.
+    """
+
+    u: jax.Array
+
+
+class Orthogonal(StatefulConstraint):
     """Keeps a kernel orthogonal: orthonormal columns (rows, if wider than tall), times scale.
 
     For the kernel viewed as a matrix ``W = U \\Sigma V^T`` (rank > 2 as
@@ -216,14 +233,20 @@ class Orthogonal(Constraint):
       steps ``X <- X (3 I - X^T X) / 2`` on ``X = W / s``, only matrix products, no SVD.
       Each step squares the distance to the set (an error ``e`` in a singular value becomes
       about ``1.5 e^2``), so a kernel that was orthogonal one step ago comes back within
-      float32 rounding: with the default 2 steps, ``max |W^T W - s^2 I|`` stayed below
-      ``1e-4`` at every step of Adam training at learning rates ``1e-3`` and ``1e-2`` (see
-      ``benchmarks/orthogonal_iterations.py`` and BUILD.md). Far from the set the fast
-      method may not converge: it diverges where a singular value of ``W / s`` exceeds
-      ``sqrt(3)`` and crawls where one is near 0. `init` therefore rejects a start whose
-      singular values over ``s`` lie outside ``[0.5, 1.5]``; project the initial parameters
-      with `jaxcons.apply_constraints` first, and after any step too large to be corrected
-      (a learning-rate spike, a restored checkpoint of another run), project again.
+      float32 rounding (the default count and its measured accuracy under Adam are in
+      BUILD.md, from ``benchmarks/orthogonal_iterations.py``).
+
+    Far from the set the fast method may not converge: the iteration diverges where a
+    singular value of ``W / s`` exceeds ``sqrt(3)`` and crawls where one is near 0. Two
+    guards: `init` rejects a concrete start whose singular values over ``s`` lie outside
+    ``[0.5, 1.5]`` (project the initial parameters with `jaxcons.apply_constraints` first);
+    and `project` estimates the largest singular value by two steps of power iteration,
+    warm-started from `OrthogonalState` as in `SpectralNorm`, and where it exceeds
+    ``1.5 s`` divides the kernel by it first (the polar factor is the same), so the steps
+    approach the set from below instead of diverging; the kernel may then take a few
+    training steps to come back within float32 rounding. After a step far too large for
+    that (a learning-rate spike, a checkpoint of another run), project with
+    `jaxcons.apply_constraints` again.
 
     Its set is a smooth manifold (the Stiefel manifold): `tangent` projects an update onto
     the tangent space, ``G - W sym(W^T G) / s^2``, for `jaxcons.tangent` (Riemannian steps
@@ -272,12 +295,15 @@ class Orthogonal(Constraint):
         tolerance = 4 * float(jnp.finfo(w.dtype).eps)
         return ops.polar(w, self.scale, tolerance)
 
-    def init(self, w: jax.Array) -> Any:
-        """Checks that a concrete start is near the set (see the class); no state."""
+    def init(self, w: jax.Array) -> OrthogonalState:
+        """Checks that a concrete start is near the set (see the class) and returns the start
+        of the guard's power iteration: a fixed random unit vector (`initial_vector`; on the
+        set every direction is a top singular direction)."""
         w = jnp.asarray(w)
         self.check(w.shape, "")
+        matrix = as_matrix(w)
         if not isinstance(w, jax.core.Tracer):
-            s = np.linalg.svd(np.asarray(as_matrix(w)), compute_uv=False) / self.scale
+            s = np.linalg.svd(np.asarray(matrix), compute_uv=False) / self.scale
             low, high = _START_RANGE
             if s.size and not (s.min() >= low and s.max() <= high):
                 raise ValueError(
@@ -288,13 +314,18 @@ class Orthogonal(Constraint):
                     "initial parameters first: params = jaxcons.apply_constraints(params, "
                     "rules)."
                 )
-        return super().init(w)
+        u = initial_vector(w.shape[-1], accumulation_dtype(w.dtype))
+        return OrthogonalState(u=like_last_axis(u, w))
 
-    def project(self, w: jax.Array, state: Any) -> tuple[jax.Array, Any]:
-        """``n_iterations`` Newton-Schulz steps towards the set (no SVD); see the class."""
+    def project(self, w: jax.Array, state: OrthogonalState) -> tuple[jax.Array, OrthogonalState]:
+        """``n_iterations`` Newton-Schulz steps towards the set (no SVD), guarded against
+        divergence by a power-iteration estimate of the largest singular value."""
         w = jnp.asarray(w)
         self.check(w.shape, "")
-        return ops.newton_schulz(w, self.scale, self.n_iterations), state
+        kernel = w.astype(accumulation_dtype(w.dtype))
+        sigma, u = power_iteration(kernel, state.u, _GUARD_POWER_ITERATIONS)
+        y = ops.newton_schulz(w, self.scale, self.n_iterations, jax.lax.stop_gradient(sigma))
+        return y, OrthogonalState(u=u)
 
     def tangent(self, w: jax.Array, g: jax.Array) -> jax.Array:
         """Projects ``g`` onto the tangent space at ``w`` of the scaled Stiefel manifold:

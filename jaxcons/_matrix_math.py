@@ -31,6 +31,7 @@ __all__ = [
     "check_matrix",
     "clip_singular_values",
     "gram_deviation",
+    "NEWTON_SCHULZ_GUARD",
     "newton_schulz",
     "nuclear_ball",
     "nuclear_norm",
@@ -254,8 +255,15 @@ def polar(w: jax.Array, scale: float, tolerance: float) -> jax.Array:
     return jnp.where(feasible | zero, w, _like(projected, w))
 
 
-def newton_schulz(w: jax.Array, scale: float, n_iterations: int) -> jax.Array:
-    """``n_iterations`` Newton-Schulz (Björck-Bowie) steps towards ``scale`` times the polar
+# `newton_schulz` divides the kernel by its estimated largest singular value (over ``scale``)
+# beyond this: the iteration diverges above sqrt(3), and the estimate is a lower bound.
+NEWTON_SCHULZ_GUARD = 1.5
+
+
+def newton_schulz(
+    w: jax.Array, scale: float, n_iterations: int, sigma: jax.Array | None = None
+) -> jax.Array:
+    """``n_iterations`` Newton-Schulz (Bjorck-Bowie) steps towards ``scale`` times the polar
     factor of ``w``.
 
     .. math:: X_0 = W / s, \\qquad X_{k+1} = \\tfrac12 X_k (3 I - X_k^\\top X_k), \\qquad
@@ -265,10 +273,16 @@ def newton_schulz(w: jax.Array, scale: float, n_iterations: int) -> jax.Array:
     smaller Gram matrix). Each singular value follows ``x -> x (3 - x^2) / 2``: an error
     ``e = x - 1`` becomes about ``-1.5 e^2``, so a kernel that was on the set one step ago
     converges in a few steps. The iteration converges for singular values of ``W / s`` in
-    ``(0, sqrt(3))`` and diverges above. Only matrix products: two per step, on the kernel's
-    own shape.
+    ``(0, sqrt(3))`` and diverges above: given ``sigma``, an estimate of the largest singular
+    value of ``w``, ``X_0`` is divided by ``sigma / s`` where that exceeds
+    `NEWTON_SCHULZ_GUARD` (the polar factor is unchanged; the singular values then approach 1
+    from below). Only matrix products: two per step, on the kernel's own shape.
     """
     x = w.astype(accumulation_dtype(w.dtype)) / scale
+    if sigma is not None:
+        ratio = sigma.astype(x.dtype) / scale
+        large = ratio > NEWTON_SCHULZ_GUARD
+        x = x / jnp.where(large, ratio, 1)
     for _ in range(n_iterations):
         x = 1.5 * x - 0.5 * _times_gram(x, _gram(x))
     return (scale * x).astype(w.dtype)

@@ -12,7 +12,7 @@ import pytest
 import scipy.linalg
 
 import jaxcons
-from jaxcons import PSD, NuclearBall, Orthogonal, SingularValueClip
+from jaxcons import PSD, NuclearBall, Orthogonal, OrthogonalState, SingularValueClip
 
 MATRIX_SHAPES = [(6, 4), (4, 6), (5, 5), (3, 3, 2, 4), (7, 1), (1, 7)]
 
@@ -263,7 +263,10 @@ def test_orthogonal_in_float64():
     w = _random((5, 3), seed=13)
     with jax.enable_x64(True):
         c = Orthogonal()
-        got, projected = c(jnp.asarray(w)), c.project(jnp.asarray(w) * 1.001, None)[0]
+        got = c(jnp.asarray(w))
+        near = got * 1.001
+        projected, state = c.project(near, c.init(near))
+    assert state.u.dtype == np.float64
     assert got.dtype == projected.dtype == np.float64
     np.testing.assert_allclose(got, scipy_polar(w, 1.0), rtol=1e-12, atol=1e-12)
 
@@ -309,8 +312,11 @@ def np_newton_schulz(w, scale, n):
 def test_project_is_newton_schulz(shape, n):
     q = scipy_polar(_random(shape, seed=14), 2.0)
     x = q + 0.05 * _random(shape, seed=15)
-    got, state = Orthogonal(2.0, n_iterations=n).project(jnp.asarray(x, jnp.float32), None)
-    assert state is None
+    c = Orthogonal(2.0, n_iterations=n)
+    x = jnp.asarray(x, jnp.float32)
+    got, state = c.project(x, c.init(x))
+    assert isinstance(state, OrthogonalState) and state.u.shape == (shape[-1],)
+    # Near the set the guard does not act: exactly the plain iteration.
     np.testing.assert_allclose(got, np_newton_schulz(x, 2.0, n), rtol=1e-5, atol=1e-5)
 
 
@@ -318,16 +324,34 @@ def test_newton_schulz_squares_the_distance_to_the_set():
     q = scipy_polar(_random((8, 4), seed=16), 1.0)
     x = q + 1e-2 * _random((8, 4), seed=17)
     with jax.enable_x64(True):
-        deviations = [
-            _gram_deviation(Orthogonal(n_iterations=n).project(jnp.asarray(x), None)[0])
-            for n in (1, 2, 3)
-        ]
+        cs = [Orthogonal(n_iterations=n) for n in (1, 2, 3)]
+        x64 = jnp.asarray(x)
+        deviations = [_gram_deviation(c.project(x64, c.init(x64))[0]) for c in cs]
     start = _gram_deviation(x)
     assert 1e-3 < start < 1e-1
     # Quadratic convergence: each step at most ~ the square of the last (with margin).
     assert deviations[0] <= 2 * start**2
     assert deviations[1] <= 2 * deviations[0] ** 2
     assert deviations[2] <= 2 * deviations[1] ** 2 + 1e-15
+
+
+def test_project_guard_keeps_a_too_large_step_from_diverging():
+    q = scipy_polar(_random((16, 8), seed=19), 1.0)
+    u, _, vh = np.linalg.svd(q, full_matrices=False)
+    x = q + 2.0 * np.outer(u[:, 0], vh[0])  # One singular value 3 > sqrt(3), the others 1.
+    unguarded = np_newton_schulz(x, 1.0, 2)
+    assert np.linalg.svd(unguarded, compute_uv=False)[0] > 100  # The plain iteration diverges.
+    c = Orthogonal()
+    state = c.init(jnp.asarray(q, jnp.float32))
+    w = jnp.asarray(x, jnp.float32)
+    deviations = []
+    for _ in range(4):  # What the next steps do when the optimizer stops pushing.
+        w, state = jax.jit(c.project)(w, state)
+        deviations.append(_gram_deviation(w))
+    assert np.all(np.isfinite(np.asarray(w)))
+    assert deviations[0] < _gram_deviation(x)
+    assert deviations[-1] <= 1e-5, deviations
+    np.testing.assert_allclose(w, scipy_polar(x, 1.0), atol=1e-5)  # The same polar factor.
 
 
 def _train_orthogonal(learning_rate, steps, *, tangent=False, n_iterations=2, seed=0):

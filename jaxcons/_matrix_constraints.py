@@ -18,7 +18,7 @@ from jaxcons._validation import positive_int, real_number
 __all__ = ["PSD", "NuclearBall", "Orthogonal", "OrthogonalState", "SingularValueClip"]
 
 # The `Orthogonal` default, chosen by `benchmarks/orthogonal_iterations.py` (see BUILD.md).
-DEFAULT_NEWTON_SCHULZ_ITERATIONS = 2
+DEFAULT_NEWTON_SCHULZ_ITERATIONS = 3
 
 # `Orthogonal.init` accepts a start whose singular values (over `scale`) lie in this range:
 # from there the Newton-Schulz steps of the first few updates bring it onto the set.
@@ -270,7 +270,7 @@ class Orthogonal(StatefulConstraint):
              [0., 0.]], dtype=float32)
       >>> near = jnp.array([[1.01, 0.0], [0.0, 0.99]])  # Orthogonal one step ago.
       >>> c = jaxcons.Orthogonal()
-      >>> c.project(near, c.init(near))[0].round(6)  # Two Newton-Schulz steps.
+      >>> c.project(near, c.init(near))[0].round(6)  # Three Newton-Schulz steps.
       Array([[1., 0.],
              [0., 1.]], dtype=float32)
 

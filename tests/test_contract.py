@@ -320,10 +320,10 @@ ROWS = [
     # Orthogonal's set is not convex; a scale of 10 keeps the contract's large steps (about
     # 1 per entry) inside the range where the Newton-Schulz steps of `constrain` converge.
     Row("orthogonal", lambda: Orthogonal(scale=10.0), (4, 3), _orthonormal(10.0),
-        _signed_permutation(10.0), transform_feasible=_newton_schulz(10.0, 2)),
+        _signed_permutation(10.0), transform_feasible=_newton_schulz(10.0, 3)),
     Row("orthogonal_wide", lambda: Orthogonal(scale=10.0), (3, 5), _orthonormal(10.0),
         lambda r, s: _signed_permutation(10.0)(r, s[::-1]).T,
-        transform_feasible=lambda x, y, tol: _newton_schulz(10.0, 2)(x.T, y.T, tol)),
+        transform_feasible=lambda x, y, tol: _newton_schulz(10.0, 3)(x.T, y.T, tol)),
     Row("plain_callable", lambda: lambda w: jnp.clip(w, 0, 1), (4, 3), _box(0, 1),
         lambda r, s: r.uniform(0.1, 0.9, size=s), exact=True),
     Row("custom_subclass", Symmetric, (3, 3), _symmetric, _symmetric_matrix, exact=True),

@@ -179,7 +179,7 @@ def project_psd(w: jax.Array, min_eigenvalue: float) -> jax.Array:
     zero = jnp.all(x == 0, axis=(-2, -1), keepdims=True)
     safe = jnp.where(zero, _distinct_spectrum(x.shape, x.dtype), sym)
     lam, q = jnp.linalg.eigh(safe, symmetrize_input=False)
-    symmetric = jnp.all(w == jnp.swapaxes(w, -1, -2), axis=(-2, -1), keepdims=True)
+    symmetric = jnp.all(x == jnp.swapaxes(x, -1, -2), axis=(-2, -1), keepdims=True)
     lam_min = jnp.min(lam, axis=-1)[..., None, None]
     feasible = symmetric & (zero & (min_eigenvalue <= 0) | ~zero & (lam_min >= min_eigenvalue))
     clipped = jnp.maximum(lam, min_eigenvalue)

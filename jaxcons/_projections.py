@@ -182,9 +182,10 @@ def as_matrix(w: jax.Array) -> jax.Array:
     on the kernel size, as in Miyato et al. (2018).
     """
     rows = math.prod(w.shape[:-1])
-    if isinstance(w, jax.core.Tracer) and _known_sharding(w) is not None:
-        # On an Explicit mesh a reshape across sharded axes must be told its output sharding:
-        # the exact norm needs the whole matrix on every device anyway.
+    sharding = _known_sharding(w)
+    if sharding is not None and AxisType.Explicit in getattr(sharding.mesh, "axis_types", ()):
+        # On an Explicit mesh a reshape across sharded axes must be told its output sharding
+        # (traced or concrete): the exact norm needs the whole matrix on every device anyway.
         w = jax.sharding.reshard(w, P())
     return w.reshape(rows, w.shape[-1]).astype(accumulation_dtype(w.dtype))
 

@@ -228,7 +228,9 @@ class Orthogonal(StatefulConstraint):
 
     * Called directly (or through `jaxcons.apply_constraints`): exact, one SVD. A kernel whose
       Gram matrix is within 4 ulps of ``s^2 I`` (``max |W^T W / s^2 - I| <= 4 eps``) comes
-      back bit for bit; a zero kernel stays zero (it has no polar factor).
+      back bit for bit; a zero kernel stays zero (it has no polar factor). Gradients through
+      it are finite on the set and at zero (the SVD is not evaluated there); elsewhere they
+      are those of `jnp.linalg.svd`, undefined where two singular values coincide.
     * Inside `jaxcons.constrain` (`project`): ``n_iterations`` Newton-Schulz (Björck-Bowie)
       steps ``X <- X (3 I - X^T X) / 2`` on ``X = W / s``, only matrix products, no SVD.
       Each step squares the distance to the set (an error ``e`` in a singular value becomes

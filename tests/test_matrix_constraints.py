@@ -251,6 +251,14 @@ def test_orthogonal_orthonormal_input_is_returned_bit_for_bit(dtype):
     np.testing.assert_array_equal(_bits(Orthogonal()(w)), _bits(w))
 
 
+def test_orthogonal_gradient_on_the_set_is_the_identity():
+    # Every singular value is 1 there: an SVD's derivative would divide by zero gaps.
+    q = jnp.asarray(np.linalg.qr(_random((6, 4), seed=20))[0], jnp.float32)
+    weights = jnp.asarray(_random((6, 4), seed=21), jnp.float32)
+    grad = jax.grad(lambda w: jnp.sum(Orthogonal()(w) * weights))(q)
+    np.testing.assert_array_equal(grad, weights)
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_orthogonal_low_precision_keeps_dtype(dtype):
     w = _random((6, 4), seed=12)

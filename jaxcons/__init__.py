@@ -10,11 +10,13 @@ import importlib.metadata
 from jaxcons import _builtins, constraints, regularizers
 from jaxcons._chain import chain
 from jaxcons._constrain import ConstrainState, apply_constraints, constrain, violations
+from jaxcons._matrix_constraints import OrthogonalState
 from jaxcons._penalties import activity_penalty, penalties, penalty
 from jaxcons._protocol import Constraint, Regularizer, StatefulConstraint
 from jaxcons._regularize import ProximalState, proximal, regularize
 from jaxcons._rules import Rules, mask
 from jaxcons._spectral_constraint import SpectralNormState
+from jaxcons._tangent import tangent
 from jaxcons._tree import path_str, paths
 
 __version__ = importlib.metadata.version("jaxcons")
@@ -28,6 +30,7 @@ globals().update(_BUILTIN_NAMES)
 __all__ = [
     "ConstrainState",
     "Constraint",
+    "OrthogonalState",
     "ProximalState",
     "Regularizer",
     "Rules",
@@ -47,6 +50,7 @@ __all__ = [
     "regularize",
     "regularizers",
     "violations",
+    "tangent",
 ]
 __all__ += list(_BUILTIN_NAMES)  # The built-ins, from their table.
 __all__.sort()

@@ -14,11 +14,19 @@ from typing import Any, NamedTuple
 from jaxcons._box_constraints import Clip, NonNeg
 from jaxcons._intersection import Intersection
 from jaxcons._l1_constraints import L1Ball, Simplex
+from jaxcons._matrix_constraints import PSD, NuclearBall, Orthogonal, SingularValueClip
 from jaxcons._norm_constraints import MaxNorm, MinMaxNorm, UnitNorm
 from jaxcons._radial_constraint import RadialConstraint
 from jaxcons._sparsity_constraints import NofM, TopK
 from jaxcons._spectral_constraint import SpectralNorm
-from jaxcons._weight_regularizers import L1, L1L2, L2, GroupLasso, OrthogonalRegularizer
+from jaxcons._weight_regularizers import (
+    L1,
+    L1L2,
+    L2,
+    GroupLasso,
+    NuclearNorm,
+    OrthogonalRegularizer,
+)
 
 __all__ = ["CONSTRAINTS", "REGULARIZERS", "Builtin", "public_names"]
 
@@ -57,6 +65,10 @@ CONSTRAINTS: tuple[Builtin, ...] = (
     Builtin(TopK, "top_k"),
     Builtin(NofM, "n_of_m"),
     Builtin(Intersection, "intersection"),
+    Builtin(SingularValueClip, "singular_value_clip"),
+    Builtin(NuclearBall, "nuclear_ball"),
+    Builtin(PSD, "psd"),
+    Builtin(Orthogonal, "orthogonal"),
 )
 
 REGULARIZERS: tuple[Builtin, ...] = (
@@ -66,6 +78,7 @@ REGULARIZERS: tuple[Builtin, ...] = (
     Builtin(L1L2, "l1_l2", factory=lambda: L1L2(l1=0.01, l2=0.01)),
     Builtin(OrthogonalRegularizer, "orthogonal_regularizer"),
     Builtin(GroupLasso, "group_lasso"),
+    Builtin(NuclearNorm, "nuclear_norm"),
 )
 
 

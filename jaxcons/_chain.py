@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -15,6 +15,7 @@ from jaxcons._leaf_updates import require_params
 from jaxcons._regularize import _regularize
 from jaxcons._regularize import proximal as proximal_transform
 from jaxcons._rules import Rules, RulesLike
+from jaxcons._tangent import tangent as tangent_transform
 
 __all__ = ["chain"]
 
@@ -29,6 +30,7 @@ def chain(
     prefer: str | None = None,
     strict: bool | None = None,
     scratch: bool | None = None,
+    tangent: bool | RulesLike | Rules | None = None,
 ) -> optax.GradientTransformation:
     """Wraps an optimizer with jaxcons's transforms, each where it must go.
 
@@ -41,6 +43,7 @@ def chain(
 
        optax.chain(
            jaxcons.regularize(regularizers),              # g + grad(penalty)
+           jaxcons.tangent(constraints),                  # g onto the tangent spaces
            optimizer,                                     # the step
            jaxcons.proximal(proximal, learning_rate),     # prox of the step (if asked for)
            jaxcons.constrain(constraints),                # projection, last
@@ -72,6 +75,12 @@ def chain(
         ``"declared"`` or ``"explicit"``.
       strict: passed to every part (``None``: each rule set's own default, ``True``).
       scratch: passed to `jaxcons.constrain`.
+      tangent: ``True`` to project the gradients onto the tangent spaces of the constraints'
+        sets (`jaxcons.tangent` with the ``constraints`` rules; every governed constraint
+        must have one, e.g. `UnitNorm`, `Orthogonal`), making the optimizer step Riemannian
+        with `jaxcons.constrain` as the retraction; or tangent rules of their own (a subset
+        of the parameters, when other constraints have no tangent space); ``None`` or
+        ``False`` (default): no projection.
 
     Returns:
       An `optax.GradientTransformation`.
@@ -80,8 +89,9 @@ def chain(
       TypeError: for an ``optimizer`` that is not an `optax.GradientTransformation` (a rule
         mapping given first by mistake, or an optimizer factory not called).
       ValueError: for ``proximal`` without ``learning_rate`` or ``learning_rate`` without
-        ``proximal``; at ``init``, when no rules are given and the parameters declare
-        nothing; and as the parts raise.
+        ``proximal``, for ``tangent`` without ``constraints`` or of another type; at
+        ``init``, when no rules are given and the parameters declare nothing; and as the
+        parts raise.
 
     Example:
       >>> import jax.numpy as jnp, optax, jaxcons
@@ -116,7 +126,11 @@ def chain(
             f"jaxcons.chain got learning_rate={learning_rate!r} but no proximal rules: it is "
             "only used by proximal=; the optimizer has its own learning rate."
         )
+    tangent_rules = _tangent_rules(tangent, constraints)
     parts: list[Any] = [_regularize(regularizers, prefer=prefer, strict=strict, optional=True)]
+    if tangent_rules is not None:
+        parts.append(tangent_transform(tangent_rules, strict=strict))
+    opt_index = len(parts)
     parts.append(optimizer)
     if proximal is not None:
         parts.append(proximal_transform(proximal, learning_rate, strict=strict))
@@ -132,17 +146,17 @@ def chain(
         ):
             raise nothing_to_govern("chain", "constraint or regularizer")
         state = tx.init(params)
-        if _schedule_free(state[1], top=True) and proximal is not None:
+        if _schedule_free(state[opt_index], top=True) and len(parts) != 3:
             raise ValueError(
-                "jaxcons.chain: proximal steps are not supported with a schedule-free "
-                "optimizer (its evaluated params are an average the prox does not see)."
+                "jaxcons.chain: proximal steps and tangent projections are not supported with "
+                "a schedule-free optimizer (its evaluated params are an average they do not see)."
             )
         return state
 
     def update_fn(
         updates: optax.Updates, state: Any, params: optax.Params | None = None
     ) -> tuple[optax.Updates, Any]:
-        if not _schedule_free(state[1], top=True):
+        if not _schedule_free(state[opt_index], top=True):
             return tx.update(updates, state, params)
         return _schedule_free_update(parts, updates, state, params)
 
@@ -204,3 +218,21 @@ def _schedule_free_update(
 
     new_updates = jax.tree.map(corrected, step, z_proj, z_new)
     return new_updates, (reg_state, sf_state._replace(z=z_proj), con_state)
+
+
+def _tangent_rules(tangent: Any, constraints: Any) -> Any:
+    """The rules `chain` gives `jaxcons.tangent` (``None``: no tangent projection)."""
+    if tangent is None or tangent is False:
+        return None
+    if not (tangent is True or isinstance(tangent, (Rules, Mapping, list, tuple))):
+        raise ValueError(
+            f"jaxcons.chain got tangent={tangent!r}: expected True (the constraints' own "
+            "tangent spaces), tangent rules {pattern: constraint}, False or None."
+        )
+    if constraints is None:
+        raise ValueError(
+            f"jaxcons.chain got tangent={tangent!r} but no constraints: a step projected onto "
+            "tangent spaces leaves the set to second order and needs jaxcons.constrain as the "
+            "retraction; pass the same rules as constraints=."
+        )
+    return constraints if tangent is True else tangent

@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxcons._projections import max_norm, min_max_norm, unit_norm
+from jaxcons._projections import max_norm, min_max_norm, sphere_tangent, unit_norm
 from jaxcons._protocol import Constraint
 from jaxcons._schedules import schedulable, start
 from jaxcons._validation import axis_argument, axis_config, real_number, resolve_axes
@@ -168,6 +168,10 @@ class UnitNorm(Constraint):
     every vector by ``n + 1e-7``); a zero vector has no direction and stays zero, with a
     finite gradient. Norms accumulate in at least float32; shape and dtype are kept.
 
+    Each slice's set is a sphere, a smooth manifold: `tangent` projects an update onto its
+    tangent space (``g - w <w, g> / ||w||^2`` per slice), which `jaxcons.tangent` uses for
+    Riemannian steps.
+
     Args:
       axis: the axis (or list/tuple of axes) the norms run over, as in `MaxNorm`.
 
@@ -191,6 +195,12 @@ class UnitNorm(Constraint):
 
     def __call__(self, w: jax.Array) -> jax.Array:
         return unit_norm(w, _axes(self, jnp.shape(w), "<array>"))
+
+    def tangent(self, w: jax.Array, g: jax.Array) -> jax.Array:
+        """Removes from each slice of ``g`` its component along the slice of ``w``: the
+        projection onto the tangent space of the unit sphere at ``w`` (see `jaxcons.tangent`).
+        """
+        return sphere_tangent(w, g, _axes(self, jnp.shape(w), "<array>"))
 
     def get_config(self) -> dict[str, Any]:
         return {"axis": axis_config(self.axis)}

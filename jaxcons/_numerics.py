@@ -11,9 +11,12 @@ import numpy as np
 __all__ = ["accumulation_dtype", "inward_bounds", "safe_norm", "wider_float"]
 
 
-def accumulation_dtype(dtype: Any) -> np.dtype:
+def accumulation_dtype(dtype: Any, *others: Any) -> np.dtype:
     """The dtype norms and penalties are computed in: ``dtype`` for floats of >= 32 bits,
-    float32 otherwise (bfloat16 and float16 parameters are never summed in their own dtype)."""
+    float32 otherwise (bfloat16 and float16 parameters are never summed in their own dtype).
+    With several dtypes (a parameter and its update), the widest of their results."""
+    if others:
+        return max((accumulation_dtype(d) for d in (dtype, *others)), key=lambda d: d.itemsize)
     dtype = np.dtype(dtype)
     if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits >= 32:
         return dtype

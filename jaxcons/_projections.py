@@ -41,6 +41,7 @@ __all__ = [
     "replicated",
     "ring_index",
     "simplex",
+    "sphere_tangent",
     "threshold_iterations",
     "top_k_mask",
     "top_right_singular_vector",
@@ -314,6 +315,23 @@ def dykstra(
     zeros = tuple(jnp.zeros_like(x) for _ in projections)
     x, _ = jax.lax.fori_loop(0, n_iter, sweep, (x, zeros))
     return projections[-1](x.astype(w.dtype))
+
+
+def sphere_tangent(w: jax.Array, g: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """Projects every slice of ``g`` along ``axes`` onto the tangent space of the sphere
+    through the same slice of ``w``: removes its radial component.
+
+    .. math:: P_w(g) = g - w \\frac{\\langle w, g \\rangle}{\\|w\\|^2}
+
+    A zero slice of ``w`` has no sphere through it: its slice of ``g`` is returned unchanged
+    (with finite gradients). The result has ``g``'s dtype, computed in >= float32.
+    """
+    dtype = accumulation_dtype(w.dtype, g.dtype)
+    x, y = w.astype(dtype), g.astype(dtype)
+    sq = jnp.sum(x * x, axis=axes, keepdims=True)
+    nonzero = sq > 0
+    radial = jnp.sum(x * y, axis=axes, keepdims=True) / jnp.where(nonzero, sq, 1)
+    return (y - jnp.where(nonzero, radial, 0) * x).astype(g.dtype)
 
 
 def check_kernel_4d(shape: Sequence[int], path: str, owner: str) -> None:

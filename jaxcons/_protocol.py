@@ -157,6 +157,13 @@ class Constraint(Configurable):
       parameter; `jaxcons.constrain` then keeps the applied parameters exactly inside it
       after ``optax.apply_updates``.
 
+    * ``tangent(w, g) -> g``: the orthogonal projection of an update ``g`` onto the tangent
+      space of the set at ``w`` (a point on it), for sets that are smooth manifolds (the
+      spheres of `UnitNorm`, the Stiefel manifold of `Orthogonal`); returns an array of
+      ``g``'s shape and dtype (checked). `jaxcons.tangent` needs it; ``None`` (the default)
+      means the set has no tangent space, and `jaxcons.tangent` rejects the constraint when
+      it initialises.
+
     Scalar hyper-parameters validated with ``jaxcons._schedules.schedulable`` may be optax
     schedules; `jaxcons.constrain` evaluates them at its own step count through `at_step`.
 
@@ -179,6 +186,7 @@ class Constraint(Configurable):
     """
 
     elementwise_bounds: ClassVar[tuple[Any, Any] | None] = None
+    tangent: ClassVar[Callable[..., jax.Array] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -78,6 +78,15 @@ class Registry:
         """Every string identifier `get` accepts, sorted."""
         return sorted(set(self._classes) | set(self._shortcuts))
 
+    def knows(self, identifier: Any) -> bool:
+        """Whether ``identifier`` is one of this registry's names or a config dict naming one
+        of its classes (what `get` turns into an object of this kind)."""
+        if isinstance(identifier, dict):
+            identifier = identifier.get("class_name")
+        return isinstance(identifier, str) and (
+            identifier in self._shortcuts or identifier in self._classes
+        )
+
     def _unknown(self, identifier: Any) -> ValueError:
         other = self.counterpart
         if other is not None and identifier in other.names():

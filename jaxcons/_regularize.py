@@ -9,11 +9,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxcons import constraints, regularizers
+from jaxcons._constrain import _feasible_delta
 from jaxcons._declarations import DeclaredRules
 from jaxcons._leaf_updates import landing, map_governed, require_params, update_delta
 from jaxcons._penalties import as_regularizer_rules, leaf_penalty
-from jaxcons._protocol import check_like
-from jaxcons._rules import Rules, RulesLike
+from jaxcons._protocol import Constraint, call_leaf, check_like
+from jaxcons._rules import Rules, RulesLike, build_rules
 from jaxcons._validation import factor
 
 __all__ = ["ProximalState", "proximal", "regularize"]
@@ -127,7 +129,17 @@ def _check_learning_rate(learning_rate: Any) -> None:
         ) from None
 
 
+def _prox_operand(identifier: Any) -> Any:
+    """A regularizer, or a constraint: the indicator of its set, whose proximal operator is
+    the projection. Names and configs are looked up in whichever registry knows them."""
+    if isinstance(identifier, Constraint) or constraints._registry.knows(identifier):
+        return constraints.get(identifier)
+    return regularizers.get(identifier)
+
+
 def _require_prox(path: str, r: Any) -> None:
+    if isinstance(r, Constraint):
+        return
     if not callable(getattr(r, "prox", None)):
         raise ValueError(
             f"jaxcons.proximal: the regularizer {r!r} for parameter {path!r} has no "
@@ -153,9 +165,17 @@ def proximal(
     with ``eta = learning_rate`` (or ``learning_rate(count)`` for a schedule). Closed forms:
     `L1` soft-thresholds by ``eta * l1`` (exact zeros); `L2` shrinks by
     ``1 / (1 + 2 * eta * l2)``; `L1L2` does both (the elastic net); `GroupLasso` soft-thresholds
-    whole groups by ``eta * factor`` (whole columns exactly zero). A zero produced here lands
+    whole groups by ``eta * factor`` (whole columns exactly zero); `NuclearNorm`
+    soft-thresholds singular values (exactly low rank). A zero produced here lands
     exactly (``p + (0 - p) == 0`` in IEEE arithmetic), as long as the updates have the
     parameters' dtype.
+
+    A constraint is accepted too: the proximal operator of the indicator of its set (0 inside,
+    infinity outside) is the projection onto the set, whatever ``eta``, so
+    ``proximal({"**/kernel": L1(1e-3), "**/bias": NonNeg()}, lr)`` soft-thresholds the kernels
+    and projects the biases in one transform. It uses the constraint's exact ``__call__`` (an
+    SVD for `Orthogonal`, not its fast per-step method) and, like `jaxcons.constrain`, lands
+    exactly inside `NonNeg`'s and `Clip`'s boxes.
 
     When to prefer it to `penalty`/`regularize`: a (sub)gradient step on ``|w|`` never lands
     on zero (weights oscillate around it with amplitude ``~ eta * l1``), so sparsity from a
@@ -176,8 +196,9 @@ def proximal(
       2009. Loshchilov and Hutter, "Decoupled weight decay regularization", ICLR 2019.
 
     Args:
-      rules: ``{pattern: regularizer}`` or ``[(pattern, regularizer), ...]``; first match wins,
-        ``None`` exempts. Every governed regularizer needs a ``prox`` method.
+      rules: ``{pattern: regularizer or constraint}`` or ``[(pattern, value), ...]``; first
+        match wins, ``None`` exempts. Every governed regularizer needs a ``prox`` method;
+        constraints (objects, names or configs) are projected.
       learning_rate: the step size ``eta`` (a finite float > 0) or an optax schedule
         ``count -> eta``.
       strict: raise if a rule matches no floating-point parameter. ``None`` (default):
@@ -201,7 +222,7 @@ def proximal(
       Array([ 0. , -0.4,  1.9], dtype=float32)
     """
     _check_learning_rate(learning_rate)
-    resolved_rules = as_regularizer_rules(rules, strict=strict)
+    resolved_rules = build_rules(rules, coerce=_prox_operand, strict=strict, kind="regularizer")
 
     def init_fn(params: optax.Params) -> ProximalState:
         for _, path, r in resolved_rules.resolve(params).active():
@@ -216,6 +237,8 @@ def proximal(
         def prox_step(path: str, r: Any, p: jax.Array, u: jax.Array) -> jax.Array:
             _require_prox(path, r)
             x = landing(p, u)
+            if isinstance(r, Constraint):
+                return _feasible_delta(r, p, call_leaf(r, path, x), u.dtype)
             y = check_like(f"The proximal operator of {r!r}", path, x, r.prox(x, step))
             return update_delta(p, y, u.dtype)
 

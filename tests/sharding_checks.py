@@ -54,12 +54,14 @@ from jaxcons import (
     MaxNorm,
     MinMaxNorm,
     NonNeg,
+    Orthogonal,
     OrthogonalRegularizer,
     RadialConstraint,
     Simplex,
     SpectralNorm,
     UnitNorm,
     apply_constraints,
+    chain,
     constrain,
     path_str,
     penalty,
@@ -578,6 +580,57 @@ def check_spectral_constrain(s: Setup) -> str:
     return finish(problems, detail)
 
 
+def _orthogonal_setup(s: Setup, rules: dict[str, Any]) -> Setup:
+    """``s`` with the governed kernels projected (exactly, on the host) onto the set, placed
+    with their original shardings: Orthogonal's fast steps need an orthogonal start."""
+    host = to_host(apply_constraints(s.host, rules))
+    params = jax.tree_util.tree_map(lambda h, p: jax.device_put(h, p.sharding), host, s.params)
+    return s._replace(params=params, host=host)
+
+
+def _orthogonal_train(s: Setup, rules: dict[str, Any], what: str) -> tuple[list[str], str]:
+    """Two donated steps of tangent + Adam + Orthogonal's Newton-Schulz steps."""
+    s = _orthogonal_setup(s, rules)
+    tx = chain(adam(1e-3), constraints=rules, tangent=True)
+    problems, params, detail = _run_train_steps(s, tx, what)
+    for path in rules:
+        layer, leaf = path.split("/")
+        w = np.asarray(params[layer][leaf], np.float64)
+        m = w.reshape(-1, w.shape[-1])
+        gram = m.T @ m if m.shape[0] >= m.shape[1] else m @ m.T
+        deviation = float(np.max(np.abs(gram - np.eye(len(gram)))))
+        if deviation > 1e-4:
+            problems.append(f"{path}: max |W^T W - I| = {deviation:.2e} after 2 steps")
+    return problems, detail
+
+
+def check_orthogonal_constrain(s: Setup) -> str:
+    """Orthogonal (with jaxcons.tangent) on kernels sharded along the axes its Gram matrix
+    contracts: the row-parallel and conv kernels (X^T X) and the column-parallel one, which is
+    wider than tall (X X^T). Only all-reduces of the small Gram matrices, no gather."""
+    rules = {
+        "dense_col/kernel": Orthogonal(),
+        "dense_row/kernel": Orthogonal(),
+        "conv_in/kernel": Orthogonal(),
+    }
+    problems, detail = _orthogonal_train(s, rules, "Orthogonal constrain")
+    return finish(problems, detail)
+
+
+def check_orthogonal_output_sharded(s: Setup) -> str:
+    """A square kernel sharded along its output axis: X^T X pairs every column block with
+    every other, so the kernel (on the 1-D mesh) or its rows (on the 2-D mesh) must travel."""
+    rules = {"square/kernel": Orthogonal()}
+    problems, detail = _orthogonal_train(s, rules, "Orthogonal constrain (output sharded)")
+    finish([p for p in problems if "parameter-sized gathers" not in p], "")
+    if problems:
+        raise KnownLimitationError(
+            "values, shardings and donation are right, but the Gram matrix of a kernel "
+            f"sharded along its output axis gathers it: {' | '.join(problems)}"
+        )
+    return detail
+
+
 def check_regularize_proximal(s: Setup) -> str:
     reg = regularizer_rules()
     prox = {"dense_col/kernel": L1(1e-3), "dense_row/kernel": GroupLasso(1e-2, axis=0)}
@@ -641,11 +694,18 @@ CHECKS: dict[str, Callable[[Setup], str]] = {
     "spectral_constrain_train_step": check_spectral_constrain,
     "spectral_apply_constraints": check_spectral_apply_constraints,
     "flax_train_state": check_flax_train_state,
+    "orthogonal_constrain_train_step": check_orthogonal_constrain,
+    "orthogonal_output_sharded_train_step": check_orthogonal_output_sharded,
 }
 
 # The checks that may end on a NOTE: the exact SVD and the Gram matrix of every pair of
-# columns need the whole kernel on every device.
-MAY_NOTE = ("penalty_orthogonal", "spectral_apply_constraints")
+# columns (OrthogonalRegularizer's, and Orthogonal's X^T X of a kernel sharded along its
+# output axis) need the whole kernel on every device.
+MAY_NOTE = (
+    "orthogonal_output_sharded_train_step",
+    "penalty_orthogonal",
+    "spectral_apply_constraints",
+)
 
 
 def main(argv: list[str]) -> int:

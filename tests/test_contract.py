@@ -22,6 +22,7 @@ import pytest
 
 import jaxcons
 from jaxcons.constraints import (
+    PSD,
     Clip,
     Constraint,
     Intersection,
@@ -30,8 +31,11 @@ from jaxcons.constraints import (
     MinMaxNorm,
     NofM,
     NonNeg,
+    NuclearBall,
+    Orthogonal,
     RadialConstraint,
     Simplex,
+    SingularValueClip,
     SpectralNorm,
     TopK,
     UnitNorm,
@@ -125,6 +129,59 @@ def _spectral_power_iteration(c):
         if sigma <= c:
             return scaled and abs(s - 1) <= tol
         return scaled and c / sigma * (1 - tol) <= s < 1
+
+    return feasible
+
+
+def _singular_values(y):
+    return np.linalg.svd(y.reshape(-1, y.shape[-1]), compute_uv=False)
+
+
+def _singular_band(a, b):
+    def feasible(x, y, tol):
+        s = _singular_values(y)
+        return bool(np.all((s >= a * (1 - tol)) & (s <= b * (1 + tol))))
+
+    return feasible
+
+
+def _nuclear(r):
+    def feasible(x, y, tol):
+        return bool(np.sum(_singular_values(y)) <= r * (1 + tol))
+
+    return feasible
+
+
+def _psd(c):
+    def feasible(x, y, tol):
+        scale = max(float(np.max(np.abs(y))), 1e-30)
+        symmetric = np.all(np.abs(y - np.swapaxes(y, -1, -2)) <= tol * scale)
+        return bool(symmetric and np.all(np.linalg.eigvalsh(y) >= c - tol * scale))
+
+    return feasible
+
+
+def _orthonormal(s):
+    """Columns (rows, if wide) of the (rows, out) view orthonormal, times `s`."""
+
+    def feasible(x, y, tol):
+        m = y.reshape(-1, y.shape[-1]) / s
+        gram = m.T @ m if m.shape[0] >= m.shape[1] else m @ m.T
+        return bool(np.max(np.abs(gram - np.eye(len(gram)))) <= tol)
+
+    return feasible
+
+
+def _newton_schulz(s, n):
+    """Inside `constrain`, `Orthogonal` runs `n` Newton-Schulz steps on `x / s` (tall view):
+    the oracle runs them in float64. With the tests' large steps (~1 per entry) the result is
+    not yet orthonormal; the scale of 10 keeps it in the iteration's convergent range."""
+
+    def feasible(x, y, tol):
+        z = x.reshape(-1, x.shape[-1]) / s
+        for _ in range(n):
+            z = z @ (3 * np.eye(z.shape[1]) - z.T @ z) / 2
+        return bool(np.allclose(y, s * z.reshape(x.shape), rtol=0, atol=20 * tol * s))
 
     return feasible
 
@@ -243,6 +300,17 @@ def _feasible_l1(axes, low, high):
     return make
 
 
+def _with_singular_values(low, high):
+    def make(rng, shape):
+        rows, cols = int(np.prod(shape[:-1])), shape[-1]
+        u, _ = np.linalg.qr(rng.normal(size=(rows, min(rows, cols))))
+        v, _ = np.linalg.qr(rng.normal(size=(cols, min(rows, cols))))
+        s = rng.uniform(low, high, size=min(rows, cols))
+        return ((u * s) @ v.T).reshape(shape)
+
+    return make
+
+
 def _on_simplex(rng, shape):
     """Columns of multiples of 1/64 summing to 1 exactly (in every dtype)."""
     counts = rng.multinomial(64, np.ones(shape[0]) / shape[0], size=shape[1]).T
@@ -268,6 +336,14 @@ def _sparse(k_of):
     return make
 
 
+def _nuclear_inside(r):
+    def make(rng, shape):
+        w = rng.normal(size=shape)
+        return w * (0.7 * r / np.sum(_singular_values(w)))
+
+    return make
+
+
 def _two_of_four(rng, shape):
     w = rng.normal(size=shape)
     groups = w.reshape(shape[0] // 4, 4, -1)
@@ -275,6 +351,26 @@ def _two_of_four(rng, shape):
         for j in range(groups.shape[2]):
             groups[g, rng.choice(4, size=2, replace=False), j] = 0.0
     return groups.reshape(shape)
+
+
+def _positive_definite(rng, shape):
+    a = rng.normal(size=shape)
+    eye = np.eye(shape[-1])
+    spd = a @ np.swapaxes(a, -1, -2) / shape[-1] + 0.5 * eye
+    return (spd + np.swapaxes(spd, -1, -2)) / 2
+
+
+def _signed_permutation(s):
+    """Orthonormal columns exactly representable in every dtype: signed one-hot columns in
+    distinct rows, times `s`."""
+
+    def make(rng, shape):
+        w = np.zeros(shape)
+        rows = rng.permutation(shape[0])[: shape[1]]
+        w[rows, np.arange(shape[1])] = s * rng.choice([-1, 1], shape[1])
+        return w
+
+    return make
 
 
 def _symmetric_matrix(rng, shape):
@@ -349,6 +445,21 @@ ROWS = [
     Row("intersection_dykstra", lambda: Intersection(Simplex(), Clip(max_value=0.5)), (4, 3),
         _both(_simplex(1.0, [0]), _box(-np.inf, 0.5)), _capped_simplex,
         at_zero=lambda shape: np.full(shape, 1.0 / shape[0])),
+    Row("singular_value_clip", SingularValueClip, (4, 3), _singular_band(0.0, 1.0),
+        _with_singular_values(0.2, 0.9)),
+    Row("singular_value_clip_band", lambda: SingularValueClip(0.5, 1.0), (4, 3),
+        _singular_band(0.5, 1.0), _with_singular_values(0.6, 0.9)),
+    Row("nuclear_ball", lambda: NuclearBall(1.5), (4, 3), _nuclear(1.5), _nuclear_inside(1.5)),
+    Row("nuclear_ball_conv", lambda: NuclearBall(2.0), (3, 3, 2, 4), _nuclear(2.0),
+        _nuclear_inside(2.0)),
+    Row("psd", PSD, (2, 3, 3), _psd(0.0), _positive_definite),
+    # Orthogonal's set is not convex; a scale of 10 keeps the contract's large steps (about
+    # 1 per entry) inside the range where the Newton-Schulz steps of `constrain` converge.
+    Row("orthogonal", lambda: Orthogonal(scale=10.0), (4, 3), _orthonormal(10.0),
+        _signed_permutation(10.0), transform_feasible=_newton_schulz(10.0, 3)),
+    Row("orthogonal_wide", lambda: Orthogonal(scale=10.0), (3, 5), _orthonormal(10.0),
+        lambda r, s: _signed_permutation(10.0)(r, s[::-1]).T,
+        transform_feasible=lambda x, y, tol: _newton_schulz(10.0, 3)(x.T, y.T, tol)),
     Row("plain_callable", lambda: lambda w: jnp.clip(w, 0, 1), (4, 3), _box(0, 1),
         lambda r, s: r.uniform(0.1, 0.9, size=s), exact=True),
     Row("custom_subclass", Symmetric, (3, 3), _symmetric, _symmetric_matrix, exact=True),

@@ -84,6 +84,6 @@ def test_schedule_free_with_proximal_is_an_error():
         proximal={"k": jaxcons.L1(0.1)},
         learning_rate=0.1,
     )
-    msg = "proximal steps are not supported with a schedule-free optimizer"
+    msg = "proximal steps and tangent projections are not supported with a schedule-free"
     with pytest.raises(ValueError, match=re.escape(msg)):
         tx.init(_start())

@@ -40,6 +40,23 @@ class ConstrainState(NamedTuple):
     scratch: dict[str, jax.Array] = {}  # noqa: RUF012 (shared but never mutated)
 
 
+# Built-in constraints whose ``project`` is a pure, stateless function of one array. For them
+# `constrain` traces the update of a parameter once per constraint, shape and dtypes (a nested
+# `jax.jit`, inlined by XLA), not once per parameter: a tree of thousands of small parameters
+# is traced and lowered that much faster. Exact types only, since a subclass may override
+# ``project`` with code that only runs op by op; any other constraint is traced per parameter.
+_TRACED_ONCE = frozenset(
+    {
+        constraints.Clip,
+        constraints.MaxNorm,
+        constraints.MinMaxNorm,
+        constraints.NonNeg,
+        constraints.RadialConstraint,
+        constraints.UnitNorm,
+    }
+)
+
+
 def _as_constraint(identifier: Any) -> Constraint:
     """`jaxcons.constraints.get`, with a plain callable wrapped in a `Constraint`."""
     c = constraints.get(identifier)
@@ -52,6 +69,26 @@ def as_constraint_rules(rules: RulesLike | Rules, *, strict: bool | None = None)
     return build_rules(rules, coerce=_as_constraint, strict=strict, kind="constraint")
 
 
+def _needs_no_correction(c: Constraint, p_dtype: Any, u_dtype: Any) -> bool:
+    """Whether ``optax.apply_updates`` provably lands ``p + update_delta(p, y)`` in the box.
+
+    True for the built-in boxes (`NonNeg`, `Clip`, whose ``y`` lies in the box) whose every
+    bound is 0 (`NonNeg`, ``Clip(0, 0)``), when ``u_dtype`` is the wider dtype. Proof for a
+    lower bound 0 (an upper one is symmetric): ``y >= 0``, so in exact arithmetic
+    ``y - p >= -p``; ``-p`` is representable in ``u_dtype`` (which holds every value of
+    ``p.dtype``) and rounding is monotone, so ``t = fl(y - p) >= -p``, i.e. ``p + t >= 0``
+    exactly, and rounding that sum to ``u_dtype`` and then to ``p.dtype`` (monotone, 0 fixed)
+    keeps it ``>= 0``. This holds for any ``p``, feasible or not, and where subnormals are
+    flushed to zero (still monotone, 0 still fixed); a NaN ``y`` keeps ``t`` either way. So
+    the correction would never change ``t``.
+    """
+    if type(c) not in (constraints.NonNeg, constraints.Clip):
+        return False
+    if any(b is not None and b != 0 for b in c.elementwise_bounds):
+        return False
+    return jnp.promote_types(p_dtype, u_dtype) == jnp.dtype(u_dtype)
+
+
 def _feasible_delta(c: Constraint, p: jax.Array, y: jax.Array, u_dtype: Any) -> jax.Array:
     """`update_delta`, corrected so that elementwise-box constraints land inside their box.
 
@@ -61,10 +98,11 @@ def _feasible_delta(c: Constraint, p: jax.Array, y: jax.Array, u_dtype: Any) -> 
     instead: in a single dtype the overshoot is at most half the spacing of ``t`` on the side
     it was rounded to, so from a feasible ``p`` one step lands inside. Where neither lands
     inside (only possible when ``p`` itself is far outside a narrow box), the one that lands
-    closer to the box is kept.
+    closer to the box is kept. Boxes whose bounds are all 0 need no correction when the
+    updates have the wider dtype (`_needs_no_correction`), and get none.
     """
     t = update_delta(p, y, u_dtype)
-    if c.elementwise_bounds is None:
+    if c.elementwise_bounds is None or _needs_no_correction(c, p.dtype, u_dtype):
         return t
     lo, hi = inward_bounds(*c.elementwise_bounds, p.dtype)
     wide = jnp.promote_types(p.dtype, u_dtype)
@@ -90,6 +128,32 @@ def _feasible_delta(c: Constraint, p: jax.Array, y: jax.Array, u_dtype: Any) -> 
         fallback = jnp.where(landed < lo, up, fallback)
     better = excess(lands(fallback)) < excess(lands(t))
     return jnp.where(better, fallback.astype(u_dtype), t)
+
+
+class _Label:
+    """A parameter's path as a static argument of `jax.jit` that never causes a retrace.
+
+    All labels are equal, so parameters that differ only in their path share one trace. The
+    path is read only for error messages, while that trace runs: for the first parameter with
+    that constraint, shape and dtypes, the one a check would have stopped at anyway (later
+    ones have the same shapes and dtypes, so their checks pass or fail alike).
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Label)
+
+    def __hash__(self) -> int:
+        return 0
+
+
+def _stateless_delta(c: Constraint, label: _Label, p: jax.Array, u: jax.Array) -> jax.Array:
+    """``P(p + u) - p`` for one parameter under a stateless constraint, its output checked."""
+    x = (p + u).astype(p.dtype)
+    y, _ = project_leaf(c, label.path, x, optax.EmptyState())
+    return _feasible_delta(c, p, y, u.dtype)
 
 
 def constrain(
@@ -156,6 +220,7 @@ def constrain(
     """
     use_scratch = bool(optional_bool("scratch", scratch))
     resolved_rules = as_constraint_rules(rules, strict=strict)
+    traced_once = jax.jit(_stateless_delta, static_argnums=(0, 1))
 
     def init_fn(params: optax.Params) -> ConstrainState:
         resolution = resolved_rules.resolve(params)
@@ -176,6 +241,9 @@ def constrain(
         new_scratch = dict(state.scratch)
 
         def project(path: str, c: Constraint, p: jax.Array, u: jax.Array) -> jax.Array:
+            stateful = path in state.constraint_states or path in state.scratch
+            if type(c) in _TRACED_ONCE and not stateful:
+                return traced_once(c, _Label(path), p, u)
             x = (p + u).astype(p.dtype)
             if path in state.scratch:
                 x = new_scratch[path] = _scratch.write(state.scratch[path], x)

@@ -94,10 +94,14 @@ def _feasible_delta(c: Constraint, p: jax.Array, y: jax.Array, u_dtype: Any) -> 
 
     ``optax.apply_updates`` computes ``p + t`` in the wider dtype and casts the sum back to
     ``p.dtype``, so ``p + (y - p)`` is ``y`` only up to rounding. Where that sum rounds out of
-    the box, the difference taken in ``p``'s own dtype and moved one ulp back inside is used
-    instead: in a single dtype the overshoot is at most half the spacing of ``t`` on the side
-    it was rounded to, so from a feasible ``p`` one step lands inside. Where neither lands
-    inside (only possible when ``p`` itself is far outside a narrow box), the one that lands
+    the box, ``t`` moved one step of its own dtype back toward the inside is used instead.
+    From ``y`` in the box that step always lands on the violated bound's side of it: ``t``
+    rounded ``y - p`` to the nearest value of ``u_dtype`` (through the wider dtype), so no
+    value of ``u_dtype`` lies strictly between ``t`` and ``y - p``, the next one toward the
+    inside is at least as far as ``y - p``, and the roundings of ``apply_updates`` are
+    monotone. This holds whichever dtype is wider (also for updates narrower than the
+    params). Where the step overshoots the other bound (a box narrower than one step of
+    ``u_dtype``) or ``p`` is far outside the box, the one of ``t`` and the step that lands
     closer to the box is kept. Boxes whose bounds are all 0 need no correction when the
     updates have the wider dtype (`_needs_no_correction`), and get none.
     """
@@ -118,16 +122,15 @@ def _feasible_delta(c: Constraint, p: jax.Array, y: jax.Array, u_dtype: Any) -> 
             out = jnp.maximum(out, lo - z)
         return out
 
-    fallback = y - p
-    landed = lands(fallback)
+    landed = lands(t)
+    step = t
     if hi is not None:
-        down = jnp.nextafter(fallback, jnp.array(-jnp.inf, p.dtype))
-        fallback = jnp.where(landed > hi, down, fallback)
+        down = jnp.nextafter(t, jnp.array(-jnp.inf, t.dtype))
+        step = jnp.where(landed > hi, down, step)
     if lo is not None:
-        up = jnp.nextafter(fallback, jnp.array(jnp.inf, p.dtype))
-        fallback = jnp.where(landed < lo, up, fallback)
-    better = excess(lands(fallback)) < excess(lands(t))
-    return jnp.where(better, fallback.astype(u_dtype), t)
+        up = jnp.nextafter(t, jnp.array(jnp.inf, t.dtype))
+        step = jnp.where(landed < lo, up, step)
+    return jnp.where(excess(lands(step)) < excess(landed), step, t)
 
 
 class _Label:

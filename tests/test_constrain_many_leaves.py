@@ -113,3 +113,35 @@ def test_nonneg_lands_exactly_nonnegative_for_bf16_params_with_float32_updates(p
         new = optax.apply_updates(params, updates)["w"]
     assert new.dtype == jnp.bfloat16
     assert np.all(np.asarray(new, np.float32) >= 0)
+
+
+def test_nonneg_stays_nonnegative_for_float32_params_with_bfloat16_updates():
+    # -p is not a bfloat16 here: the bf16 update nearest to 0 - p overshoots past -p, and
+    # p + (0 - p) rounded to bf16 lands at -2**-9. One bf16 step back lands at 2**-8 * 1.5.
+    p = np.float32(1.005859375)
+    assert float(p + np.float32(jnp.bfloat16(-p))) < 0
+    params = {"w": jnp.asarray([p, 0.0], jnp.float32)}
+    tx = jaxcons.constrain({"w": jaxcons.NonNeg()})
+    with jax.numpy_dtype_promotion("standard"):
+        updates, _ = tx.update(
+            {"w": jnp.asarray([-2.0, -1.0], jnp.bfloat16)}, tx.init(params), params
+        )
+        new = np.asarray(optax.apply_updates(params, updates)["w"])
+    assert updates["w"].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(new, np.array([0.005859375, 0.0], np.float32))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.floats(-1e6, 1e6, width=32), min_size=1, max_size=16),
+    st.lists(st.floats(-1e6, 1e6, width=32), min_size=16, max_size=16),
+)
+def test_nonneg_lands_nonnegative_for_float32_params_with_bfloat16_updates(p, u):
+    # Any start: the correction's step needs only that the projection is in the box.
+    params = {"w": jnp.asarray(p, jnp.float32)}
+    updates_in = {"w": jnp.asarray(u[: len(p)], jnp.bfloat16)}
+    tx = jaxcons.constrain({"w": jaxcons.NonNeg()})
+    with jax.numpy_dtype_promotion("standard"):
+        updates, _ = tx.update(updates_in, tx.init(params), params)
+        new = np.asarray(optax.apply_updates(params, updates)["w"])
+    assert np.all(new >= 0), new

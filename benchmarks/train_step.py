@@ -1,35 +1,45 @@
 """Training-step benchmark: what do constraints cost on top of plain Adam?
 
-A 4-layer MLP (2048x2048 kernels + biases, 16.8M parameters, tanh, batch 32) trained with
-loss + grad + Adam (+ constraints) in ONE jitted step whose params and optimizer state are
-donated. At this size the optimizer's memory traffic dominates the step, so whatever a
-constraint adds to that traffic shows up in full. Cases (see benchmarks/README.md):
+MLPs trained with loss + grad + Adam (+ constraints) in ONE jitted step whose params and
+optimizer state are donated, in two configurations:
 
-  adam       plain ``optax.adam(1e-3)``: the 1.00 reference
-  after      ``optax.adam`` then a hand-written projection ``tree_map`` after
-             ``optax.apply_updates``, in the same jit
-  naive      ``optax.chain(adam, T)`` with ``T.update = P(params + updates) - params``
-  jaxcons    ``optax.chain(adam, jaxcons.constrain({"**/kernel": MaxNorm(2.),
-             "**/bias": NonNeg()}))`` with its defaults; ``jaxcons[scratch=...]`` rows force
-             the scratch buffer on or off (see the `jaxcons.constrain` docstring)
-  keras      Keras 3 (JAX backend) ``train_on_batch``, unconstrained and with
-             ``kernel_constraint=MaxNorm(2.)``, ``bias_constraint=NonNeg()``
+  memory    4 layers of 2048x2048 kernels + biases (16.8M parameters), tanh, batch 32: the
+            optimizer's memory traffic dominates the step, so whatever a constraint adds to
+            it shows in full
+  compute   784-1024-1024-10 (1.9M parameters), relu, batch 256: the matrix products
+            dominate; constraints should cost nothing measurable
 
-Every case lives in one process; timing is round-robin (one step of every case per round,
-the starting case rotated each round) so drifting machine load hits all cases alike.
-Reported: the median step time, ratios of medians against ``adam`` from the same run, the
-median of per-round (paired) ratios and the ratio of minimum times. A second table times
-the optimizer step alone (``tx.update`` + ``optax.apply_updates`` on fixed gradients).
-``memory_analysis()`` of each compiled step gives the XLA temporary-buffer size.
+Cases (see benchmarks/README.md):
 
-Run: ``make bench`` or ``python benchmarks/train_step.py [--rounds N] [--json PATH]``.
+  adam                   plain ``optax.adam(1e-3)``: the 1.00 reference
+  after                  ``optax.adam`` then a hand-written projection ``tree_map`` after
+                         ``optax.apply_updates``, in the same jit
+  naive                  ``optax.chain(adam, T)`` with ``T.update = P(params + updates) -
+                         params``
+  jaxcons                ``optax.chain(adam, jaxcons.constrain({"**/kernel": MaxNorm(2.),
+                         "**/bias": NonNeg()}))`` with its defaults (``scratch=False``: a
+                         state with no buffers, the same on every backend)
+  jaxcons[scratch=True]  the same with the opt-in CPU scratch buffers
+  keras                  Keras 3 (JAX backend) ``train_on_batch``, unconstrained and with
+                         ``kernel_constraint=MaxNorm(2.)``, ``bias_constraint=NonNeg()``
+
+Every case of a configuration lives in one process; timing is round-robin (one step of every
+case per round, the starting case rotated each round) so drifting machine load hits all cases
+alike. Reported: the median step time, ratios of medians against ``adam`` from the same run,
+the median of per-round (paired) ratios and the ratio of minimum times. A second table times
+the optimizer step alone (``tx.update`` + ``optax.apply_updates`` on fixed gradients). For
+every compiled step, ``memory_analysis()`` gives the XLA temporary-buffer size and
+``cost_analysis()`` XLA's count of bytes accessed (its estimate of the memory traffic).
+
+Run: ``make bench`` or ``python benchmarks/train_step.py [--config memory|compute|all]
+[--rounds N] [--json PATH]``. The defaults follow the device: more rounds on GPU/TPU, where
+one step takes far less time.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import inspect
 import json
 import os
 import platform
@@ -37,7 +47,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 os.environ["KERAS_BACKEND"] = "jax"  # Before anything imports keras.
 
@@ -49,9 +59,6 @@ import optax
 import jaxcons
 from jaxcons.constraints import MaxNorm, NonNeg
 
-WIDTH = 2048
-LAYERS = 4
-BATCH = 32
 MAX_NORM = 2.0
 LEARNING_RATE = 1e-3
 RULES = {"**/kernel": MaxNorm(MAX_NORM), "**/bias": NonNeg()}
@@ -59,31 +66,59 @@ RULES = {"**/kernel": MaxNorm(MAX_NORM), "**/bias": NonNeg()}
 Params = dict[str, dict[str, jax.Array]]
 
 
+class Config(NamedTuple):
+    """One model: layer sizes (input first), hidden activation, batch size."""
+
+    name: str
+    sizes: tuple[int, ...]
+    activation: str
+    batch: int
+
+    @property
+    def layers(self) -> int:
+        return len(self.sizes) - 1
+
+    def describe(self) -> str:
+        return f"{'-'.join(map(str, self.sizes))} MLP, {self.activation}, batch {self.batch}"
+
+
+CONFIGS = {
+    "memory": Config("memory", (2048,) * 5, "tanh", 32),
+    "compute": Config("compute", (784, 1024, 1024, 10), "relu", 256),
+}
+ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
+
+
 # ----------------------------------------------------------------------------- model
 
 
-def init_params(key: jax.Array) -> Params:
+def init_params(key: jax.Array, cfg: Config) -> Params:
     """Glorot-uniform kernels and zero biases, as Keras's Dense initialises them."""
-    limit = float(np.sqrt(6.0 / (WIDTH + WIDTH)))
-    keys = jax.random.split(key, LAYERS)
-    return {
-        f"dense_{i}": {
-            "kernel": jax.random.uniform(k, (WIDTH, WIDTH), jnp.float32, -limit, limit),
-            "bias": jnp.zeros((WIDTH,), jnp.float32),
+    keys = jax.random.split(key, cfg.layers)
+    params = {}
+    for i, (k, n_in, n_out) in enumerate(zip(keys, cfg.sizes[:-1], cfg.sizes[1:], strict=True)):
+        limit = float(np.sqrt(6.0 / (n_in + n_out)))
+        params[f"dense_{i}"] = {
+            "kernel": jax.random.uniform(k, (n_in, n_out), jnp.float32, -limit, limit),
+            "bias": jnp.zeros((n_out,), jnp.float32),
         }
-        for i, k in enumerate(keys)
-    }
+    return params
 
 
-def loss_fn(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
-    """Mean squared error of the MLP: tanh on every hidden layer, linear output."""
-    h = x
-    for i in range(LAYERS):
-        layer = params[f"dense_{i}"]
-        h = h @ layer["kernel"] + layer["bias"]
-        if i < LAYERS - 1:
-            h = jnp.tanh(h)
-    return jnp.mean(jnp.square(h - y))
+def make_loss(cfg: Config) -> Callable[[Params, jax.Array, jax.Array], jax.Array]:
+    act = ACTIVATIONS[cfg.activation]
+
+    def loss_fn(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
+        """Mean squared error of the MLP: the activation on every hidden layer."""
+        h = x
+        for i in range(cfg.layers):
+            layer = params[f"dense_{i}"]
+            h = h @ layer["kernel"] + layer["bias"]
+            if i < cfg.layers - 1:
+                h = act(h)
+        return jnp.mean(jnp.square(h - y))
+
+    return loss_fn
 
 
 # ----------------------------------------------------------------------------- cases
@@ -112,15 +147,15 @@ def naive_constrain(rules: Any) -> optax.GradientTransformation:
 
 
 def jaxcons_variants(params: Params) -> dict[str, optax.GradientTransformation]:
-    """``jaxcons.constrain`` as shipped, plus the other scratch setting (see its docstring)."""
+    """``jaxcons.constrain`` with its defaults, and with the opt-in scratch buffers."""
     adam = optax.adam(LEARNING_RATE)
     default = jaxcons.constrain(RULES)
-    out = {"jaxcons": optax.chain(adam, default)}
-    if "scratch" in inspect.signature(jaxcons.constrain).parameters:
-        on_by_default = bool(default.init(params).scratch)
-        flag = not on_by_default
-        out[f"jaxcons[scratch={flag}]"] = optax.chain(adam, jaxcons.constrain(RULES, scratch=flag))
-    return out
+    if default.init(params).scratch:
+        raise RuntimeError("jaxcons.constrain's default now keeps scratch buffers: relabel")
+    return {
+        "jaxcons": optax.chain(adam, default),
+        "jaxcons[scratch=True]": optax.chain(adam, jaxcons.constrain(RULES, scratch=True)),
+    }
 
 
 def optax_cases(params: Params) -> dict[str, tuple[optax.GradientTransformation, bool]]:
@@ -135,7 +170,7 @@ def optax_cases(params: Params) -> dict[str, tuple[optax.GradientTransformation,
     return cases
 
 
-def make_train_step(tx: optax.GradientTransformation, project_after: bool) -> Callable:
+def make_train_step(tx: optax.GradientTransformation, project_after: bool, loss_fn: Callable):
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params: Params, opt_state: Any, x: jax.Array, y: jax.Array) -> tuple:
         loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
@@ -157,6 +192,14 @@ def make_opt_step(tx: optax.GradientTransformation) -> Callable:
     return step
 
 
+def _bytes_accessed(compiled: Any) -> float | None:
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # Older JAX: one dict per device.
+        analysis = analysis[0] if analysis else None
+    value = None if analysis is None else analysis.get("bytes accessed")
+    return None if value is None else float(value)
+
+
 class JaxCase:
     """A jitted step with its own donated params and optimizer state."""
 
@@ -166,6 +209,7 @@ class JaxCase:
         compiled = step.lower(params, opt_state, *args).compile()
         analysis = compiled.memory_analysis()
         self.temp_bytes = None if analysis is None else int(analysis.temp_size_in_bytes)
+        self.bytes_accessed = _bytes_accessed(compiled)
 
     def __call__(self) -> None:
         out = self.step(self.params, self.opt_state, *self.args)
@@ -180,7 +224,9 @@ def fresh(tree: Any) -> Any:
 # ----------------------------------------------------------------------------- keras
 
 
-def keras_cases(params: Params, x: np.ndarray, y: np.ndarray) -> dict[str, Callable[[], None]]:
+def keras_cases(
+    cfg: Config, params: Params, x: np.ndarray, y: np.ndarray
+) -> dict[str, Callable[[], None]]:
     """Keras 3 models with the same weights, trained by ``train_on_batch`` as users do."""
     try:
         import keras
@@ -198,12 +244,12 @@ def keras_cases(params: Params, x: np.ndarray, y: np.ndarray) -> dict[str, Calla
                 "kernel_constraint": keras.constraints.MaxNorm(MAX_NORM),
                 "bias_constraint": keras.constraints.NonNeg(),
             }
-        layers: list[Any] = [keras.Input((WIDTH,))]
-        for i in range(LAYERS):
-            act = "tanh" if i < LAYERS - 1 else None
-            layers.append(keras.layers.Dense(WIDTH, activation=act, name=f"dense_{i}", **kw))
+        layers: list[Any] = [keras.Input((cfg.sizes[0],))]
+        for i, width in enumerate(cfg.sizes[1:]):
+            act = cfg.activation if i < cfg.layers - 1 else None
+            layers.append(keras.layers.Dense(width, activation=act, name=f"dense_{i}", **kw))
         model = keras.Sequential(layers)
-        for i in range(LAYERS):
+        for i in range(cfg.layers):
             layer = params[f"dense_{i}"]
             model.get_layer(f"dense_{i}").set_weights(
                 [np.asarray(layer["kernel"]), np.asarray(layer["bias"])]
@@ -263,68 +309,65 @@ def summarize(
     return out
 
 
-def print_table(title: str, stats: dict[str, dict[str, float]], temps: dict[str, Any]) -> None:
+def print_table(
+    title: str, stats: dict[str, dict[str, float]], cases: dict[str, Any], ref: str
+) -> None:
+    """One row per case; ``XLA GB`` is XLA's count of bytes accessed by one step."""
     print(f"\n{title}")
     head = (
         f"{'case':<24}{'median ms':>10}{'min ms':>8}{'ratio':>7}{'paired':>7}{'min-ratio':>10}"
-        f"{'cpu-ratio':>10}{'XLA temp MiB':>13}"
+        f"{'cpu-ratio':>10}{'XLA temp MiB':>13}{'XLA GB':>8}{'GB ratio':>9}"
     )
     print(head)
     print("-" * len(head))
+    ref_bytes = getattr(cases.get(ref), "bytes_accessed", None)
     for name, s in stats.items():
-        temp = temps.get(name)
+        temp = getattr(cases[name], "temp_bytes", None)
+        moved = getattr(cases[name], "bytes_accessed", None)
         temp_s = "n/a" if temp is None else f"{temp / 2**20:.1f}"
+        moved_s = "n/a" if moved is None else f"{moved / 1e9:.3f}"
+        ratio_s = "n/a" if moved is None or not ref_bytes else f"{moved / ref_bytes:.2f}"
         print(
             f"{name:<24}{s['median_ms']:>10.1f}{s['min_ms']:>8.1f}{s['ratio']:>7.2f}"
-            f"{s['paired_ratio']:>7.2f}{s['min_ratio']:>10.2f}{s['cpu_ratio']:>10.2f}{temp_s:>13}"
+            f"{s['paired_ratio']:>7.2f}{s['min_ratio']:>10.2f}{s['cpu_ratio']:>10.2f}"
+            f"{temp_s:>13}{moved_s:>8}{ratio_s:>9}"
         )
+
+
+def _with_xla_figures(stats: dict[str, dict[str, float]], cases: dict[str, Any]) -> dict:
+    return {
+        n: {
+            **s,
+            "temp_bytes": getattr(cases[n], "temp_bytes", None),
+            "bytes_accessed": getattr(cases[n], "bytes_accessed", None),
+        }
+        for n, s in stats.items()
+    }
 
 
 # ----------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=40, help="timed rounds (default 40)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per case")
-    parser.add_argument("--no-keras", action="store_true", help="skip the Keras 3 cases")
-    parser.add_argument("--no-train", action="store_true", help="skip the training-step table")
-    parser.add_argument("--no-opt", action="store_true", help="skip the optimizer-step table")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    args = parser.parse_args(argv)
-
-    device = jax.devices()[0]
-    print(
-        f"jax {jax.__version__}, optax {optax.__version__}, jaxcons {jaxcons.__version__}; "
-        f"device {device.platform}:{device.device_kind}; {os.cpu_count()} CPUs; "
-        f"{LAYERS}x({WIDTH}x{WIDTH} kernel + bias), batch {BATCH}; {args.rounds} rounds"
-    )
+def run_config(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     key_p, key_x, key_y, key_g = jax.random.split(jax.random.PRNGKey(0), 4)
-    params = init_params(key_p)
+    params = init_params(key_p, cfg)
     n_params = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
-    x = jax.random.normal(key_x, (BATCH, WIDTH), jnp.float32)
-    y = jax.random.normal(key_y, (BATCH, WIDTH), jnp.float32)
+    x = jax.random.normal(key_x, (cfg.batch, cfg.sizes[0]), jnp.float32)
+    y = jax.random.normal(key_y, (cfg.batch, cfg.sizes[-1]), jnp.float32)
+    label = f"{cfg.name}-bound: {cfg.describe()}, {n_params / 1e6:.1f}M params"
+    print(f"\n=== {label}; {args.rounds} rounds")
     result: dict[str, Any] = {
-        "config": {
-            "layers": LAYERS, "width": WIDTH, "batch": BATCH, "params": int(n_params),
-            "rounds": args.rounds, "warmup": args.warmup,
-        },
-        "env": {
-            "jax": jax.__version__, "optax": optax.__version__, "jaxcons": jaxcons.__version__,
-            "platform": device.platform, "device_kind": device.device_kind,
-            "cpu_count": os.cpu_count(), "python": platform.python_version(),
-        },
+        "config": {**cfg._asdict(), "params": int(n_params)},
     }
+    loss_fn = make_loss(cfg)
 
     if not args.no_train:
-        cases: dict[str, Callable[[], None]] = {}
-        temps: dict[str, Any] = {}
+        cases: dict[str, Any] = {}
         for name, (tx, after) in optax_cases(params).items():
             p = fresh(params)
-            case = JaxCase(make_train_step(tx, after), p, tx.init(p), x, y)
-            cases[name], temps[name] = case, case.temp_bytes
+            cases[name] = JaxCase(make_train_step(tx, after, loss_fn), p, tx.init(p), x, y)
         if not args.no_keras:
-            cases.update(keras_cases(params, np.asarray(x), np.asarray(y)))
+            cases.update(keras_cases(cfg, params, np.asarray(x), np.asarray(y)))
         wall, cpu = interleaved(cases, args.rounds, args.warmup)
         stats = summarize(wall, cpu, "adam")
         if "keras" in stats:
@@ -333,21 +376,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 s["ratio_vs_keras"] = vs_keras[name]["ratio"]
                 s["min_ratio_vs_keras"] = vs_keras[name]["min_ratio"]
                 s["cpu_ratio_vs_keras"] = vs_keras[name]["cpu_ratio"]
-        print_table(f"Training step ({n_params / 1e6:.1f}M params), ratios vs adam", stats, temps)
+        print_table(f"Training step ({label}), ratios vs adam", stats, cases, "adam")
         if "keras" in stats:
-            kc, kj = stats["keras+constraints"], stats.get("jaxcons")
+            kc = stats["keras+constraints"]
             print(
                 f"keras+constraints / keras: {kc['ratio_vs_keras']:.2f} "
                 f"(min-ratio {kc['min_ratio_vs_keras']:.2f}, "
                 f"cpu-ratio {kc['cpu_ratio_vs_keras']:.2f})"
             )
-            if kj is not None:
+            for name in ("jaxcons", "jaxcons[scratch=True]"):
+                kj = stats[name]
                 print(
-                    f"jaxcons / keras+constraints: {kj['ratio'] / kc['ratio']:.2f} "
+                    f"{name} / keras+constraints: {kj['ratio'] / kc['ratio']:.2f} "
                     f"(min-ratio {kj['min_ratio'] / kc['min_ratio']:.2f}, "
                     f"cpu-ratio {kj['cpu_ratio'] / kc['cpu_ratio']:.2f})"
                 )
-        result["train_step"] = {n: {**s, "temp_bytes": temps.get(n)} for n, s in stats.items()}
+        result["train_step"] = _with_xla_figures(stats, cases)
 
     if not args.no_opt:
         grads = jax.tree_util.tree_map(
@@ -355,14 +399,65 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         txs = {"adam": optax.adam(LEARNING_RATE), "naive": optax_cases(params)["naive"][0]}
         txs.update(jaxcons_variants(params))
-        cases, temps = {}, {}
+        cases = {}
         for name, tx in txs.items():
             p = fresh(params)
-            case = JaxCase(make_opt_step(tx), p, tx.init(p), grads)
-            cases[name], temps[name] = case, case.temp_bytes
+            cases[name] = JaxCase(make_opt_step(tx), p, tx.init(p), grads)
         stats = summarize(*interleaved(cases, args.rounds, args.warmup), "adam")
-        print_table("Optimizer step alone (update + apply_updates), ratios vs adam", stats, temps)
-        result["opt_step"] = {n: {**s, "temp_bytes": temps.get(n)} for n, s in stats.items()}
+        print_table(
+            f"Optimizer step alone ({cfg.name}-bound; update + apply_updates), ratios vs adam",
+            stats,
+            cases,
+            "adam",
+        )
+        result["opt_step"] = _with_xla_figures(stats, cases)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    device = jax.devices()[0]
+    on_cpu = device.platform == "cpu"
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", choices=(*CONFIGS, "all"), default="all")
+    parser.add_argument(
+        "--rounds", type=int, default=40 if on_cpu else 300, help="timed rounds (40 CPU, 300 else)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=3 if on_cpu else 20, help="untimed calls per case"
+    )
+    parser.add_argument("--no-keras", action="store_true", help="skip the Keras 3 cases")
+    parser.add_argument("--no-train", action="store_true", help="skip the training-step table")
+    parser.add_argument("--no-opt", action="store_true", help="skip the optimizer-step table")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+
+    print(
+        f"jax {jax.__version__}, optax {optax.__version__}, jaxcons {jaxcons.__version__}; "
+        f"device {device.platform}:{device.device_kind} ({jax.device_count()} devices); "
+        f"{os.cpu_count()} CPUs; Python {platform.python_version()}"
+    )
+    print(
+        "jaxcons = constrain(rules) with its defaults (scratch=False: no scratch buffers, a "
+        "state that is the same on every backend); jaxcons[scratch=True] = the opt-in CPU "
+        "scratch buffers"
+    )
+    result: dict[str, Any] = {
+        "env": {
+            "jax": jax.__version__,
+            "optax": optax.__version__,
+            "jaxcons": jaxcons.__version__,
+            "platform": device.platform,
+            "device_kind": device.device_kind,
+            "device_count": jax.device_count(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "rounds": args.rounds,
+        "warmup": args.warmup,
+    }
+    names = list(CONFIGS) if args.config == "all" else [args.config]
+    for name in names:
+        result[name] = run_config(CONFIGS[name], args)
 
     if args.json:
         with open(args.json, "w") as f:

@@ -34,9 +34,7 @@ class Scheduled:
         return repr(self.schedule)
 
 
-def schedulable(
-    name: str, value: Any, check: Callable[[str, Any], float]
-) -> float | Scheduled:
+def schedulable(name: str, value: Any, check: Callable[[str, Any], float]) -> float | Scheduled:
     """Validates a hyper-parameter that may be a number or a schedule.
 
     A number goes through ``check`` (e.g. `jaxcons._validation.real_number` with its bounds).

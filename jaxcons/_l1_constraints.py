@@ -10,10 +10,15 @@ import jax.numpy as jnp
 
 from jaxcons._projections import l1_ball, simplex
 from jaxcons._protocol import Constraint
+from jaxcons._schedules import schedulable
 from jaxcons._validation import axis_argument, axis_config, real_number, resolve_axes
 
 __all__ = ["L1Ball", "Simplex"]
 
+
+
+def _positive(name: str, value: Any) -> float:
+    return real_number(name, value, minimum=0.0, strict=True)
 
 class L1Ball(Constraint):
     """Caps the L1 norm of every slice: the projection onto an L1 ball.
@@ -36,7 +41,8 @@ class L1Ball(Constraint):
     about one ulp of each ``|v_i|`` (as with any floating-point projection).
 
     Args:
-      radius: the radius ``r > 0``.
+      radius: the radius ``r > 0``, or an optax schedule of it (evaluated at
+        `jaxcons.constrain`'s step count).
       axis: the axis (or list/tuple of axes) each slice spans; ``None`` for the whole tensor.
         ``0`` for a Dense kernel ``(in, out)`` bounds each column.
 
@@ -60,7 +66,7 @@ class L1Ball(Constraint):
     """
 
     def __init__(self, radius: float = 1.0, axis: int | Sequence[int] | None = 0):
-        self._radius = real_number("radius", radius, minimum=0.0, strict=True)
+        self._radius = schedulable("radius", radius, _positive)
         self.radius = radius
         self.axis = axis_argument(axis)
 
@@ -90,7 +96,7 @@ class Simplex(Constraint):
     sum of the result is ``s`` up to rounding in the parameter's dtype.
 
     Args:
-      total: the sum ``s > 0`` of every slice.
+      total: the sum ``s > 0`` of every slice, or an optax schedule of it.
       axis: the axis (or list/tuple of axes) each slice spans; ``None`` for the whole tensor.
 
     Raises:
@@ -112,7 +118,7 @@ class Simplex(Constraint):
     """
 
     def __init__(self, total: float = 1.0, axis: int | Sequence[int] | None = 0):
-        self._total = real_number("total", total, minimum=0.0, strict=True)
+        self._total = schedulable("total", total, _positive)
         self.total = total
         self.axis = axis_argument(axis)
 

@@ -13,6 +13,7 @@ from jaxcons import _matrix_math as ops
 from jaxcons._numerics import accumulation_dtype
 from jaxcons._projections import as_matrix, initial_vector, like_last_axis, power_iteration
 from jaxcons._protocol import Constraint, StatefulConstraint
+from jaxcons._schedules import Scheduled, schedulable
 from jaxcons._validation import positive_int, real_number
 
 __all__ = ["PSD", "NuclearBall", "Orthogonal", "OrthogonalState", "SingularValueClip"]
@@ -91,6 +92,10 @@ class SingularValueClip(Constraint):
         return {"min_value": self.min_value, "max_value": self.max_value}
 
 
+
+def _positive_radius(name: str, value: Any) -> float:
+    return real_number(name, value, minimum=0.0, strict=True)
+
 class NuclearBall(Constraint):
     """Projects a kernel onto the nuclear-norm ball: ``sum(singular values) <= radius``.
 
@@ -107,7 +112,7 @@ class NuclearBall(Constraint):
     kernels). Every call is one SVD, which gathers a sharded kernel.
 
     Args:
-      radius: the radius ``r > 0`` (finite).
+      radius: the radius ``r > 0`` (finite), or an optax schedule of it.
 
     Raises:
       ValueError: at construction, for a radius that is not finite and > 0; when applied,
@@ -127,7 +132,8 @@ class NuclearBall(Constraint):
     """
 
     def __init__(self, radius: float):
-        self.radius = real_number("radius", radius, minimum=0.0, strict=True)
+        self._radius = schedulable("radius", radius, _positive_radius)
+        self.radius = radius if isinstance(self._radius, Scheduled) else self._radius
 
     def check(self, shape: tuple[int, ...], path: str) -> None:
         ops.check_matrix("NuclearBall", shape, path)
@@ -135,7 +141,7 @@ class NuclearBall(Constraint):
     def __call__(self, w: jax.Array) -> jax.Array:
         w = jnp.asarray(w)
         self.check(w.shape, "")
-        return ops.nuclear_ball(w, self.radius)
+        return ops.nuclear_ball(w, self._radius)
 
     def get_config(self) -> dict[str, Any]:
         return {"radius": self.radius}

@@ -67,6 +67,7 @@ def real_number(
             f"{value!r}. For a hyper-parameter that changes during training, pass an optax "
             f"schedule (count -> value), which jaxcons.constrain evaluates at its own step count."
         )
+    _no_schedule(name, value)
     if not _is_real_scalar(value):
         raise ValueError(f"{name} must be a real number, got {value!r}.")
     v = float(value)
@@ -94,6 +95,7 @@ def real_values(name: str, value: Any) -> float | np.ndarray:
     """
     if isinstance(value, jax.core.Tracer) or _is_real_scalar(value):
         return real_number(name, value)
+    _no_schedule(name, value)
     expected = f"{name} must be a real number or an array of real numbers"
     if not isinstance(value, (list, tuple, np.ndarray, jax.Array)):
         raise ValueError(f"{expected}, got {value!r}.")
@@ -121,8 +123,17 @@ def factor(name: str, value: Any, *, positive: bool = False) -> float:
     return real_number(name, value, minimum=0.0, strict=positive)
 
 
+def _no_schedule(name: str, value: Any) -> None:
+    if callable(value) and not isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        raise ValueError(
+            f"{name} must be a number, got the callable {value!r}: this hyper-parameter takes "
+            "no schedule (the README lists those that do)."
+        )
+
+
 def positive_int(name: str, value: Any) -> int:
     """Validates a positive integer hyper-parameter (``bool`` rejected) and returns it."""
+    _no_schedule(name, value)
     if not _is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}.")
     return int(value)

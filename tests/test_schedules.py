@@ -97,3 +97,44 @@ def test_a_state_without_a_count_is_an_error_for_a_scheduled_rule():
         ValueError, match="has a scheduled hyper-parameter, but this ConstrainState"
     ):
         tx.update(params, jaxcons.ConstrainState({}), params)
+
+
+@pytest.mark.parametrize(
+    ("make", "measure"),
+    [
+        (jaxcons.L1Ball, lambda w: np.sum(np.abs(w))),
+        (lambda s: jaxcons.Simplex(s, axis=None), np.sum),
+        (jaxcons.NuclearBall, lambda w: np.sum(np.linalg.svd(w, compute_uv=False))),
+    ],
+    ids=["l1_ball_radius", "simplex_total", "nuclear_ball_radius"],
+)
+def test_radii_and_totals_follow_their_schedules(make, measure):
+    w0 = {"k": jnp.asarray(np.random.default_rng(0).normal(size=(3, 3)) * 10, jnp.float32)}
+    if make is jaxcons.L1Ball:
+        w0 = {"k": w0["k"].reshape(-1, 1)}
+    tx = jaxcons.chain(optax.sgd(0.0), constraints={"k": make(SCHEDULE)})
+    state, params = tx.init(w0), w0
+    step = jax.jit(tx.update)
+    for i in range(4):
+        updates, state = step(params, state, params)
+        params = optax.apply_updates(params, updates)
+        # The oracle: the schedule's own value at count i (4.0, 3.7, 3.4, 3.1).
+        np.testing.assert_allclose(
+            measure(np.asarray(params["k"], np.float64)), 4.0 - 0.3 * i, rtol=2e-5
+        )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda s: jaxcons.Clip(0.0, s),
+        lambda s: jaxcons.TopK(s),
+        lambda s: jaxcons.Orthogonal(s),
+        lambda s: jaxcons.PSD(s),
+        lambda s: jaxcons.SingularValueClip(0.0, s),
+    ],
+    ids=["clip", "top_k", "orthogonal", "psd", "singular_value_clip"],
+)
+def test_a_schedule_where_none_is_taken_is_an_error_that_says_so(make):
+    with pytest.raises(ValueError, match="this hyper-parameter takes no schedule"):
+        make(optax.constant_schedule(1.0))

@@ -305,7 +305,7 @@ class Orthogonal(StatefulConstraint):
 
     def init(self, w: jax.Array) -> OrthogonalState:
         """Checks that a concrete start is near the set (see the class) and returns the start
-        of the guard's power iteration: a fixed random unit vector (`initial_vector`; on the
+        of the guard's power iteration: a fixed random unit vector (drawn with key 0; on the
         set every direction is a top singular direction)."""
         w = jnp.asarray(w)
         self.check(w.shape, "")

@@ -3,8 +3,9 @@
 On a tree of many small leaves (``--leaves N``: N/2 blocks, each an ``(8, 8)`` kernel and an
 ``(8,)`` bias) one jitted step is traced, lowered and compiled for every case, each phase
 timed on its own (``jax.jit(f).trace(...)``, ``.lower()``, ``.compile()``). Every case is
-built from scratch for every repeat (a fresh transform, a fresh function), so nothing is
-cached between repeats: each figure is what the first compile of a training script costs.
+built from scratch for every repeat (a fresh transform, a fresh function) after
+``jax.clear_caches()``, so nothing is cached between cases or repeats: each figure is what
+the first compile of a training script costs.
 
 Cases (each a pair: jaxcons and the same math written by hand with ``jax.tree_util``):
 
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import statistics
@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from train_step import write_json
 
 import jaxcons
 from jaxcons.constraints import MaxNorm, NonNeg
@@ -192,6 +193,7 @@ PHASES = ("trace", "lower", "compile", "total", "cpu")
 def time_case(name: str, opt: str, params: Params, grads: Params) -> dict[str, float]:
     step, tx = build_case(name, opt)
     state = tx.init(params)
+    jax.clear_caches()  # No trace or compile cached by an earlier case or round.
     gc.collect()
     jitted = jax.jit(step)
     c0, t0 = time.process_time(), time.perf_counter()
@@ -269,10 +271,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "seconds": times,
     }
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"\nwrote {args.json}")
+    write_json(args.json, result)
     return result
 
 

@@ -16,16 +16,22 @@ Run: ``python benchmarks/constraint_cost.py [--rounds N] [--only SUBSTRING ...] 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from train_step import JaxCase, fresh, interleaved, make_opt_step, print_table, summarize
+from train_step import (
+    JaxCase,
+    fresh,
+    interleaved,
+    make_opt_step,
+    print_table,
+    summarize,
+    write_json,
+)
 
 import jaxcons
 from jaxcons.constraints import (
@@ -111,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     key_p, key_g = jax.random.split(jax.random.PRNGKey(0))
     kernel = jax.random.uniform(key_p, (WIDTH, WIDTH), jnp.float32, -LIMIT, LIMIT)
     grads = {"kernel": 1e-3 * jax.random.normal(key_g, (WIDTH, WIDTH), jnp.float32)}
-    timed: dict[str, Callable[[], None]] = {}
+    timed: dict[str, JaxCase] = {}
     temps: dict[str, Any] = {}
     for name, (tx, c) in cases(selected).items():
         params = fresh({"kernel": kernel})
@@ -121,12 +127,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         timed[name], temps[name] = case, case.temp_bytes
     wall, cpu = interleaved(timed, args.rounds, args.warmup)
     stats = summarize(wall, cpu, "adam")
-    print_table("Optimizer step (update + apply_updates), ratios vs adam", stats, temps)
+    print_table("Optimizer step (update + apply_updates), ratios vs adam", stats, timed, "adam")
     result = {n: {**s, "temp_bytes": temps.get(n)} for n, s in stats.items()}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"\nwrote {args.json}")
+    write_json(args.json, result)
     return result
 
 

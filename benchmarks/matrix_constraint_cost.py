@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 from typing import Any
 
@@ -28,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from train_step import JaxCase, interleaved, print_table, summarize
+from train_step import JaxCase, interleaved, print_table, summarize, write_json
 
 import jaxcons
 
@@ -92,12 +91,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for n in args.sizes:
         names = [name for name in cases if name.endswith(f" {n}")]
         stats = summarize({k: wall[k] for k in names}, {k: cpu[k] for k in names}, f"adam {n}")
-        print_table(f"Training step, one {n}x{n} kernel, ratios vs adam {n}", stats, {})
+        print_table(
+            f"Training step, one {n}x{n} kernel, ratios vs adam {n}", stats, cases, f"adam {n}"
+        )
         result[str(n)] = stats
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"\nwrote {args.json}")
+    write_json(args.json, result)
     return result
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from train_step import JaxCase, interleaved, print_table, summarize
+from train_step import JaxCase, interleaved, print_table, summarize, write_json
 
 import jaxcons
 
@@ -103,7 +102,9 @@ def cost_cases(rounds: int, warmup: int) -> dict[str, dict[str, float]]:
         params = {"kernel": jnp.copy(start)}
         cases[name] = JaxCase(step, params, tx.init(params), x, y)
     stats = summarize(*interleaved(cases, rounds, warmup), "adam")
-    print_table(f"Training step, {COST_SIZE}x{COST_SIZE} kernel, ratios vs adam", stats, {})
+    print_table(
+        f"Training step, {COST_SIZE}x{COST_SIZE} kernel, ratios vs adam", stats, cases, "adam"
+    )
     return stats
 
 
@@ -139,10 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{n:<3}" + "".join(row), flush=True)
     result: dict[str, Any] = {"accuracy": accuracy}
     result["cost"] = cost_cases(args.rounds, args.warmup)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"\nwrote {args.json}")
+    write_json(args.json, result)
     return result
 
 

@@ -111,22 +111,29 @@ def main() -> None:
         "constrain": lambda: jaxcons.constrain(rules).init(tree),
     }
 
-    print(f"jaxcons {jaxcons.__version__}, jax {jax.__version__}, "
-          f"Python {platform.python_version()}, {platform.machine()}")
-    print(f"tree: {n_leaves} leaves ({args.blocks} blocks), {len(rules)} rules, "
-          f"{governed} leaves governed; median / min of {args.repeats} runs\n")
+    print(
+        f"jaxcons {jaxcons.__version__}, jax {jax.__version__}, "
+        f"Python {platform.python_version()}, {platform.machine()}"
+    )
+    print(
+        f"tree: {n_leaves} leaves ({args.blocks} blocks), {len(rules)} rules, "
+        f"{governed} leaves governed; median / min of {args.repeats} runs\n"
+    )
     print(f"{'case':<14}{'median ms':>12}{'min ms':>10}{'us/leaf':>10}")
     results = {}
     for name, fn in cases.items():
         fn()  # warm-up (imports, regex caches)
         median, minimum = timeit(fn, args.repeats)
         results[name] = median
-        print(f"{name:<14}{median * 1e3:>12.2f}{minimum * 1e3:>10.2f}"
-              f"{median / n_leaves * 1e6:>10.2f}")
+        print(
+            f"{name:<14}{median * 1e3:>12.2f}{minimum * 1e3:>10.2f}{median / n_leaves * 1e6:>10.2f}"
+        )
     verdict = "yes" if results["cold strict"] < 1.0 else "NO"
-    print(f"\ncold strict resolve under one second: {verdict} "
-          f"({results['cold strict']:.3f} s); cached resolve "
-          f"{results['cold strict'] / results['cached']:.1f}x faster")
+    print(
+        f"\ncold strict resolve under one second: {verdict} "
+        f"({results['cold strict']:.3f} s); cached resolve "
+        f"{results['cold strict'] / results['cached']:.1f}x faster"
+    )
 
 
 if __name__ == "__main__":

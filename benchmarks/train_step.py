@@ -27,7 +27,8 @@ Every case of a configuration lives in one process; timing is round-robin (one s
 case per round, the starting case rotated each round) so drifting machine load hits all cases
 alike. Reported: the median step time, ratios of medians against ``adam`` from the same run,
 the median of per-round (paired) ratios and the ratio of minimum times. A second table times
-the optimizer step alone (``tx.update`` + ``optax.apply_updates`` on fixed gradients). For
+the optimizer step alone (``tx.update`` + ``optax.apply_updates`` on fixed gradients; the same
+cases but Keras). For
 every compiled step, ``memory_analysis()`` gives the XLA temporary-buffer size and
 ``cost_analysis()`` XLA's count of bytes accessed (its estimate of the memory traffic).
 
@@ -183,11 +184,12 @@ def make_train_step(tx: optax.GradientTransformation, project_after: bool, loss_
     return step
 
 
-def make_opt_step(tx: optax.GradientTransformation) -> Callable:
+def make_opt_step(tx: optax.GradientTransformation, project_after: bool = False) -> Callable:
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params: Params, opt_state: Any, grads: Params) -> tuple:
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
+        params = optax.apply_updates(params, updates)
+        return (hand_projection(params) if project_after else params), opt_state
 
     return step
 
@@ -334,6 +336,14 @@ def print_table(
         )
 
 
+def write_json(path: str | None, result: dict[str, Any]) -> None:
+    """Writes ``result`` to ``path`` as JSON (the ``--json`` option), if a path is given."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"\nwrote {path}")
+
+
 def _with_xla_figures(stats: dict[str, dict[str, float]], cases: dict[str, Any]) -> dict:
     return {
         n: {
@@ -397,12 +407,10 @@ def run_config(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
         grads = jax.tree_util.tree_map(
             lambda p: 1e-3 * jax.random.normal(key_g, p.shape, p.dtype), params
         )
-        txs = {"adam": optax.adam(LEARNING_RATE), "naive": optax_cases(params)["naive"][0]}
-        txs.update(jaxcons_variants(params))
         cases = {}
-        for name, tx in txs.items():
+        for name, (tx, after) in optax_cases(params).items():
             p = fresh(params)
-            cases[name] = JaxCase(make_opt_step(tx), p, tx.init(p), grads)
+            cases[name] = JaxCase(make_opt_step(tx, after), p, tx.init(p), grads)
         stats = summarize(*interleaved(cases, args.rounds, args.warmup), "adam")
         print_table(
             f"Optimizer step alone ({cfg.name}-bound; update + apply_updates), ratios vs adam",
@@ -459,10 +467,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in names:
         result[name] = run_config(CONFIGS[name], args)
 
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"\nwrote {args.json}")
+    write_json(args.json, result)
     return result
 
 

@@ -12,7 +12,7 @@ from jaxcons._numerics import inward_bounds
 from jaxcons._protocol import Constraint
 from jaxcons._validation import real_values
 
-__all__ = ["Clip", "NonNeg"]
+__all__ = ["Clip", "NonNeg", "first_crossing"]
 
 
 class NonNeg(Constraint):
@@ -129,18 +129,33 @@ def _check_ordered(lo: Bound, hi: Bound, min_value: Any, max_value: Any) -> None
                 f"max_value={max_value!r}."
             )
         return
-    lo_a, hi_a = np.asarray(lo), np.asarray(hi)
-    try:
-        lo_a, hi_a = np.broadcast_arrays(lo_a, hi_a)
-    except ValueError:
-        raise ValueError(
-            f"Clip min_value of shape {lo_a.shape} and max_value of shape {hi_a.shape} do not "
-            f"broadcast together."
-        ) from None
-    bad = lo_a > hi_a
-    if bad.any():
-        index = tuple(int(i) for i in np.argwhere(bad)[0])
+    crossing = first_crossing(
+        lo,
+        hi,
+        f"Clip min_value of shape {np.shape(lo)} and max_value of shape {np.shape(hi)} do not "
+        "broadcast together.",
+    )
+    if crossing is not None:
+        index, low, high = crossing
         raise ValueError(
             f"Clip needs min_value <= max_value everywhere; at index {index} min_value is "
-            f"{lo_a[index]} > max_value {hi_a[index]}."
+            f"{low} > max_value {high}."
         )
+
+
+def first_crossing(lo: Bound, hi: Bound, mismatch: str) -> tuple[tuple[int, ...], Any, Any] | None:
+    """Where a lower bound first exceeds an upper one, broadcast together: ``(index, lo, hi)``
+    at that index, or ``None`` where ``lo <= hi`` everywhere.
+
+    Raises:
+      ValueError: with the message ``mismatch``, if the bounds do not broadcast together.
+    """
+    try:
+        lo_a, hi_a = np.broadcast_arrays(np.asarray(lo), np.asarray(hi))
+    except ValueError:
+        raise ValueError(mismatch) from None
+    crossed = np.argwhere(lo_a > hi_a)
+    if not len(crossed):
+        return None
+    index = tuple(int(i) for i in crossed[0])
+    return index, lo_a[index], hi_a[index]

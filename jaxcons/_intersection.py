@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcons._box_constraints import Clip
+from jaxcons._box_constraints import Clip, first_crossing
 from jaxcons._l1_constraints import L1Ball
 from jaxcons._norm_constraints import MaxNorm, MinMaxNorm, UnitNorm
 from jaxcons._numerics import accumulation_dtype, inward_bounds
@@ -78,21 +78,18 @@ def _combined_box(members: tuple[Constraint, ...]) -> Clip:
     lo = combine([c.elementwise_bounds[0] for c in members], np.maximum)
     hi = combine([c.elementwise_bounds[1] for c in members], np.minimum)
     if lo is not None and hi is not None:
-        try:
-            lo_a, hi_a = np.broadcast_arrays(np.asarray(lo), np.asarray(hi))
-        except ValueError:
+        names = ", ".join(map(repr, members))
+        crossing = first_crossing(
+            lo,
+            hi,
+            f"Intersection of {names}: the lower bound of shape {np.shape(lo)} and the upper "
+            f"bound of shape {np.shape(hi)} do not broadcast together.",
+        )
+        if crossing is not None:
+            index, low, high = crossing
             raise ValueError(
-                f"Intersection of {', '.join(map(repr, members))}: the lower bound of shape "
-                f"{np.shape(lo)} and the upper bound of shape {np.shape(hi)} do not broadcast "
-                f"together."
-            ) from None
-        empty = lo_a > hi_a
-        if empty.any():
-            index = tuple(int(i) for i in np.argwhere(empty)[0])
-            raise ValueError(
-                f"Intersection of {', '.join(map(repr, members))} is empty: at index {index} "
-                f"the largest lower bound {lo_a[index]} exceeds the smallest upper bound "
-                f"{hi_a[index]}."
+                f"Intersection of {names} is empty: at index {index} the largest lower bound "
+                f"{low} exceeds the smallest upper bound {high}."
             )
     return Clip(lo, hi)
 

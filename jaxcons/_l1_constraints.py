@@ -11,14 +11,15 @@ import jax.numpy as jnp
 from jaxcons._projections import l1_ball, simplex
 from jaxcons._protocol import Constraint
 from jaxcons._schedules import schedulable
-from jaxcons._validation import axis_argument, axis_config, real_number, resolve_axes
+from jaxcons._validation import (
+    axis_argument,
+    axis_config,
+    positive_number,
+    resolve_axes,
+)
 
 __all__ = ["L1Ball", "Simplex"]
 
-
-
-def _positive(name: str, value: Any) -> float:
-    return real_number(name, value, minimum=0.0, strict=True)
 
 class L1Ball(Constraint):
     """Caps the L1 norm of every slice: the projection onto an L1 ball.
@@ -66,7 +67,7 @@ class L1Ball(Constraint):
     """
 
     def __init__(self, radius: float = 1.0, axis: int | Sequence[int] | None = 0):
-        self._radius = schedulable("radius", radius, _positive)
+        self._radius = schedulable("radius", radius, positive_number)
         self.radius = radius
         self.axis = axis_argument(axis)
 
@@ -118,7 +119,7 @@ class Simplex(Constraint):
     """
 
     def __init__(self, total: float = 1.0, axis: int | Sequence[int] | None = 0):
-        self._total = schedulable("total", total, _positive)
+        self._total = schedulable("total", total, positive_number)
         self.total = total
         self.axis = axis_argument(axis)
 

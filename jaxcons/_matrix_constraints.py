@@ -14,7 +14,7 @@ from jaxcons._numerics import accumulation_dtype
 from jaxcons._projections import as_matrix, initial_vector, like_last_axis, power_iteration
 from jaxcons._protocol import Constraint, StatefulConstraint
 from jaxcons._schedules import Scheduled, schedulable
-from jaxcons._validation import positive_int, real_number
+from jaxcons._validation import positive_int, positive_number, real_number
 
 __all__ = ["PSD", "NuclearBall", "Orthogonal", "OrthogonalState", "SingularValueClip"]
 
@@ -92,10 +92,6 @@ class SingularValueClip(Constraint):
         return {"min_value": self.min_value, "max_value": self.max_value}
 
 
-
-def _positive_radius(name: str, value: Any) -> float:
-    return real_number(name, value, minimum=0.0, strict=True)
-
 class NuclearBall(Constraint):
     """Projects a kernel onto the nuclear-norm ball: ``sum(singular values) <= radius``.
 
@@ -132,7 +128,7 @@ class NuclearBall(Constraint):
     """
 
     def __init__(self, radius: float):
-        self._radius = schedulable("radius", radius, _positive_radius)
+        self._radius = schedulable("radius", radius, positive_number)
         self.radius = radius if isinstance(self._radius, Scheduled) else self._radius
 
     def check(self, shape: tuple[int, ...], path: str) -> None:
@@ -291,7 +287,7 @@ class Orthogonal(StatefulConstraint):
     """
 
     def __init__(self, scale: float = 1.0, n_iterations: int = DEFAULT_NEWTON_SCHULZ_ITERATIONS):
-        self.scale = real_number("scale", scale, minimum=0.0, strict=True)
+        self.scale = positive_number("scale", scale)
         self.n_iterations = positive_int("n_iterations", n_iterations)
 
     def check(self, shape: tuple[int, ...], path: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -23,15 +24,28 @@ def accumulation_dtype(dtype: Any, *others: Any) -> np.dtype:
     return np.dtype(jnp.float32)
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def safe_norm(x: jax.Array, axes: Any) -> jax.Array:
     """Euclidean norms of ``x`` over ``axes`` (kept as size-1 dimensions).
 
-    Exactly 0 for zero vectors, with a zero (not NaN) gradient there: both the ``sqrt`` and its
-    argument are guarded (the "double where").
+    The value is plain ``sqrt(sum(x**2))``, exactly 0 for zero vectors; the derivative is
+    the norm's own, ``<x, dx> / |x|``, and 0 (not NaN) at a zero vector, by a custom JVP rule
+    rather than the "double where" of guarded arguments. So the forward pass is one reduction
+    and one ``sqrt`` that XLA fuses into a single kernel whose only output is the norms: on a
+    tree of thousands of small parameters that is fewer kernels and buffers to compile.
+    ``axes`` must be hashable (a tuple of ints, or ``None``).
     """
-    sq = jnp.sum(jnp.square(x), axis=axes, keepdims=True)
-    nonzero = sq > 0
-    return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1)), 0)
+    return jnp.sqrt(jnp.sum(jnp.square(x), axis=axes, keepdims=True))
+
+
+@safe_norm.defjvp
+def _safe_norm_jvp(
+    axes: Any, primals: tuple[jax.Array], tangents: tuple[jax.Array]
+) -> tuple[jax.Array, jax.Array]:
+    (x,), (dx,) = primals, tangents
+    n = safe_norm(x, axes)
+    inner = jnp.sum(x * dx, axis=axes, keepdims=True)
+    return n, jnp.where(n > 0, inner / jnp.where(n > 0, n, 1), 0)
 
 
 def inward_bounds(

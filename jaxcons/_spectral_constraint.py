@@ -19,7 +19,7 @@ from jaxcons._projections import (
 )
 from jaxcons._protocol import StatefulConstraint
 from jaxcons._schedules import Scheduled, schedulable
-from jaxcons._validation import positive_int, real_number
+from jaxcons._validation import positive_int, positive_number
 
 __all__ = ["SpectralNorm", "SpectralNormState"]
 
@@ -36,10 +36,6 @@ class SpectralNormState(NamedTuple):
     """
 
     u: jax.Array
-
-
-def _positive(name: str, value: Any) -> float:
-    return real_number(name, value, minimum=0.0, strict=True)
 
 
 class SpectralNorm(StatefulConstraint):
@@ -102,7 +98,7 @@ class SpectralNorm(StatefulConstraint):
     """
 
     def __init__(self, max_value: float = 1.0, n_power_iterations: int = 1):
-        self._max = schedulable("max_value", max_value, _positive)
+        self._max = schedulable("max_value", max_value, positive_number)
         self.max_value = max_value if isinstance(self._max, Scheduled) else self._max
         self.n_power_iterations = positive_int("n_power_iterations", n_power_iterations)
 

@@ -16,6 +16,7 @@ __all__ = [
     "factor",
     "optional_bool",
     "positive_int",
+    "positive_number",
     "real_number",
     "real_values",
     "resolve_axes",
@@ -121,6 +122,11 @@ def real_values(name: str, value: Any) -> float | np.ndarray:
 def factor(name: str, value: Any, *, positive: bool = False) -> float:
     """Validates a regularization factor or step size (finite, ``>= 0``; ``> 0`` if positive)."""
     return real_number(name, value, minimum=0.0, strict=positive)
+
+
+def positive_number(name: str, value: Any) -> float:
+    """Validates a finite hyper-parameter ``> 0`` (a radius, a bound) as `real_number` does."""
+    return real_number(name, value, minimum=0.0, strict=True)
 
 
 def _no_schedule(name: str, value: Any) -> None:

@@ -8,11 +8,10 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from jaxcons import _matrix_math
+from jaxcons import _matrix_math, _validation
 from jaxcons import _penalty_math as ops
 from jaxcons._protocol import Regularizer
 from jaxcons._validation import axis_argument, axis_config, resolve_axes
-from jaxcons._validation import factor as check_factor
 
 __all__ = ["GroupLasso", "L1", "L1L2", "L2", "NuclearNorm", "OrthogonalRegularizer"]
 
@@ -38,7 +37,7 @@ class L1(Regularizer):
     """
 
     def __init__(self, l1: float = 0.01):
-        self.l1 = check_factor("l1", l1)
+        self.l1 = _validation.factor("l1", l1)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return ops.l1_penalty(x, self.l1)
@@ -71,7 +70,7 @@ class L2(Regularizer):
     """
 
     def __init__(self, l2: float = 0.01):
-        self.l2 = check_factor("l2", l2)
+        self.l2 = _validation.factor("l2", l2)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return ops.l2_penalty(x, self.l2)
@@ -108,8 +107,8 @@ class L1L2(Regularizer):
     """
 
     def __init__(self, l1: float = 0.0, l2: float = 0.0):
-        self.l1 = check_factor("l1", l1)
-        self.l2 = check_factor("l2", l2)
+        self.l1 = _validation.factor("l1", l1)
+        self.l2 = _validation.factor("l2", l2)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         terms = []
@@ -160,7 +159,7 @@ class OrthogonalRegularizer(Regularizer):
     """
 
     def __init__(self, factor: float = 0.01, mode: Literal["rows", "columns"] = "rows"):
-        self.factor = check_factor("factor", factor)
+        self.factor = _validation.factor("factor", factor)
         if not (isinstance(mode, str) and mode in ("rows", "columns")):
             raise ValueError(f"mode must be 'rows' or 'columns', got {mode!r}.")
         self.mode = mode
@@ -218,7 +217,7 @@ class GroupLasso(Regularizer):
     """
 
     def __init__(self, factor: float = 0.01, axis: int | Sequence[int] | None = 0):
-        self.factor = check_factor("factor", factor)
+        self.factor = _validation.factor("factor", factor)
         self.axis = axis_argument(axis)
 
     def check(self, shape: tuple[int, ...], path: str) -> None:
@@ -276,7 +275,7 @@ class NuclearNorm(Regularizer):
     """
 
     def __init__(self, factor: float = 0.01):
-        self.factor = check_factor("factor", factor)
+        self.factor = _validation.factor("factor", factor)
 
     def check(self, shape: tuple[int, ...], path: str) -> None:
         """Raises ``ValueError`` for a parameter of rank < 2."""

@@ -58,8 +58,9 @@ def _rescale(
 
     ``rule(n)`` gets the norms ``n`` (keepdims, accumulation dtype; exactly 0 for zero vectors)
     and returns ``(needs, desired)``: which vectors to rescale and the norm they get. ``needs``
-    must be false for zero vectors. Vectors that need nothing are returned bit for bit, and
-    every ``sqrt`` and division is guarded so values and gradients stay finite at zero.
+    must be false for zero vectors. Vectors that need nothing are returned bit for bit; every
+    division is guarded and the norm's derivative is 0 at a zero vector (`safe_norm`), so
+    values and gradients stay finite there.
     """
     w = jnp.asarray(w)
     x = w.astype(accumulation_dtype(w.dtype))

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxcons import constraints, regularizers
-from jaxcons._constrain import _feasible_delta
+from jaxcons._constrain import _TRACED_ONCE, _feasible_delta, _Label, _traced_once
 from jaxcons._declarations import DeclaredRules
 from jaxcons._leaf_updates import landing, map_governed, require_params, update_delta
 from jaxcons._penalties import as_regularizer_rules, leaf_penalty
@@ -117,16 +117,44 @@ def _regularize(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _check_learning_rate(learning_rate: Any) -> None:
+def _check_learning_rate(learning_rate: Any) -> Any:
+    """The schedule, or the step size as a Python float; a clear error for anything else."""
     if callable(learning_rate):
-        return
+        return learning_rate
     try:
-        factor("learning_rate", learning_rate, positive=True)
+        return factor("learning_rate", learning_rate, positive=True)
     except ValueError:
         raise ValueError(
             f"learning_rate must be a finite number > 0 or an optax schedule "
             f"(a callable count -> step size), got {learning_rate!r}."
         ) from None
+
+
+# Built-in regularizers whose ``prox`` is a pure function of the array and the step size. For
+# them (and for the constraints `constrain` traces once) `proximal` traces a parameter's update
+# once per operand, shape, dtypes and step size, not once per parameter, as `constrain` does.
+_PROX_TRACED_ONCE = frozenset(
+    {
+        regularizers.GroupLasso,
+        regularizers.L1,
+        regularizers.L1L2,
+        regularizers.L2,
+        regularizers.NuclearNorm,
+    }
+)
+
+
+def _prox_delta(r: Any, label: _Label, p: jax.Array, u: jax.Array, step: Any) -> jax.Array:
+    """``prox(p + u) - p`` for one parameter under a regularizer, its output checked."""
+    x = landing(p, u)
+    y = check_like(f"The proximal operator of {r!r}", label.path, x, r.prox(x, step))
+    return update_delta(p, y, u.dtype)
+
+
+# A fixed step size is static (it enters the maths as the Python float it is); a schedule's
+# value is traced.
+_prox_fixed_step = jax.jit(_prox_delta, static_argnums=(0, 1, 4))
+_prox_scheduled_step = jax.jit(_prox_delta, static_argnums=(0, 1))
 
 
 def _prox_operand(identifier: Any) -> Any:
@@ -221,7 +249,7 @@ def proximal(
       >>> optax.apply_updates(params, updates)["w"]
       Array([ 0. , -0.4,  1.9], dtype=float32)
     """
-    _check_learning_rate(learning_rate)
+    learning_rate = _check_learning_rate(learning_rate)
     resolved_rules = build_rules(rules, coerce=_prox_operand, strict=strict, kind="regularizer")
 
     def init_fn(params: optax.Params) -> ProximalState:
@@ -236,11 +264,15 @@ def proximal(
 
         def prox_step(path: str, r: Any, p: jax.Array, u: jax.Array) -> jax.Array:
             _require_prox(path, r)
-            x = landing(p, u)
+            if type(r) in _TRACED_ONCE and not r.is_scheduled:
+                return _traced_once(r, _Label(path), p, u)
+            if type(r) in _PROX_TRACED_ONCE:
+                once = _prox_scheduled_step if callable(learning_rate) else _prox_fixed_step
+                return once(r, _Label(path), p, u, step)
             if isinstance(r, Constraint):
+                x = landing(p, u)
                 return _feasible_delta(r, p, call_leaf(r, path, x), u.dtype)
-            y = check_like(f"The proximal operator of {r!r}", path, x, r.prox(x, step))
-            return update_delta(p, y, u.dtype)
+            return _prox_delta(r, _Label(path), p, u, step)
 
         out = map_governed(resolved_rules, updates, params, "proximal", prox_step)
         return out, ProximalState(count=optax.safe_int32_increment(state.count))

@@ -1,4 +1,5 @@
-"""`jaxcons.constrain` on trees of many parameters, and exact non-negativity from any start.
+"""`jaxcons.constrain` and `jaxcons.proximal` on trees of many parameters, and exact
+non-negativity from any start.
 
 Oracles are NumPy float64 projections; structure (not timing) is checked with `jax.make_jaxpr`.
 """
@@ -82,6 +83,64 @@ def test_update_traces_each_constraint_once_not_once_per_parameter():
     small, large = _update_equations(2), _update_equations(10)
     extra_parameters = (10 - 2) * 4
     assert large - small <= extra_parameters, (small, large)
+
+
+PROX_RULES = {
+    "**/kernel": jaxcons.L1(0.5),
+    "**/bias": jaxcons.L2(2.0),
+    "**/scale": jaxcons.GroupLasso(1.0, axis=0),
+    "**/unit": jaxcons.MaxNorm(1.0, axis=1),
+}
+
+
+def _prox_oracle(name: str, x: np.ndarray, eta: float) -> np.ndarray:
+    """The proximal point of ``x`` under ``PROX_RULES`` with step ``eta`` (float64)."""
+    if name == "kernel":
+        return np.sign(x) * np.maximum(np.abs(x) - eta * 0.5, 0.0)
+    if name == "bias":
+        return x / (1.0 + 2.0 * eta * 2.0)
+    if name == "scale":
+        n = np.sqrt(np.sum(x * x))
+        return x * max(0.0, 1.0 - eta * 1.0 / n)
+    n = np.sqrt(np.sum(x * x, axis=1, keepdims=True))
+    return x * np.minimum(1.0, 1.0 / np.where(n > 0, n, 1.0))
+
+
+def test_proximal_on_many_equal_parameters_matches_float64_for_fixed_and_scheduled_steps():
+    params = jax.tree_util.tree_map(jnp.asarray, _tree(6))
+    rng = np.random.default_rng(2)
+    grads = jax.tree_util.tree_map(
+        lambda p: jnp.asarray(rng.standard_normal(p.shape).astype(np.float32)), params
+    )
+    schedule = optax.linear_schedule(0.1, 0.3, transition_steps=1)
+    for learning_rate, etas in ((0.1, (0.1, 0.1)), (schedule, (0.1, 0.3))):
+        tx = jaxcons.proximal(PROX_RULES, learning_rate)
+        state = tx.init(params)
+        update = jax.jit(tx.update)
+        for eta in etas:  # Two steps: the schedule's value moves between them.
+            updates, state = update(grads, state, params)
+            new = optax.apply_updates(params, updates)
+            for block, leaves in new.items():
+                for name, value in leaves.items():
+                    x = np.asarray(params[block][name], np.float64) + np.asarray(grads[block][name])
+                    np.testing.assert_allclose(
+                        np.asarray(value),
+                        _prox_oracle(name, x, eta),
+                        rtol=2e-6,
+                        atol=1e-6,
+                        err_msg=f"{block}/{name}, eta {eta}",
+                    )
+
+
+def test_proximal_traces_each_operand_once_not_once_per_parameter():
+    def equations(blocks: int) -> int:
+        params = jax.tree_util.tree_map(jnp.asarray, _tree(blocks))
+        tx = jaxcons.proximal(PROX_RULES, 0.1)
+        state = tx.init(params)
+        return len(jax.make_jaxpr(lambda u, p: tx.update(u, state, p)[0])(params, params).eqns)
+
+    small, large = equations(2), equations(10)
+    assert large - small <= (10 - 2) * 4, (small, large)
 
 
 _F32 = st.floats(-(2.0**100), 2.0**100, width=32)

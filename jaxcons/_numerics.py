@@ -33,7 +33,8 @@ def safe_norm(x: jax.Array, axes: Any) -> jax.Array:
     rather than the "double where" of guarded arguments. So the forward pass is one reduction
     and one ``sqrt`` that XLA fuses into a single kernel whose only output is the norms: on a
     tree of thousands of small parameters that is fewer kernels and buffers to compile.
-    ``axes`` must be hashable (a tuple of ints, or ``None``).
+    A NaN in a vector gives a NaN norm (nothing is hidden). ``axes`` must be hashable (a
+    tuple of ints, or ``None``).
     """
     return jnp.sqrt(jnp.sum(jnp.square(x), axis=axes, keepdims=True))
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxcons
 from jaxcons import GroupLasso, MaxNorm, MinMaxNorm, UnitNorm
 
 
@@ -116,3 +117,13 @@ def test_gradient_at_zero_kernel_is_zero_under_vmap(name, constraint, oracle):
     np.testing.assert_allclose(np.asarray(grads[0]), expected_zero, rtol=1e-6, atol=0)
     single = jax.grad(lambda x: jnp.sum(constraint(x) * weights))(batch[1])
     np.testing.assert_allclose(np.asarray(grads[1]), np.asarray(single), rtol=1e-6)
+
+
+def test_a_nan_group_makes_the_group_lasso_penalty_nan_rather_than_vanish():
+    # The norm is plain sqrt(sum(x**2)): a NaN in a group propagates into the penalty (a guard
+    # on the squared norm would have counted that group as a zero vector and hidden the NaN).
+    w = jnp.array([[jnp.nan, 1.0], [2.0, 1.0]], jnp.float32)
+    assert np.isnan(float(GroupLasso(1.0, axis=0)(w)))
+    assert np.isnan(float(jaxcons.penalty({"k": w}, {"k": GroupLasso(1.0, axis=0)})))
+    prox = np.asarray(GroupLasso(1.0, axis=0).prox(w, 0.1))
+    assert np.isnan(prox[0, 0]) and np.all(np.isfinite(prox[:, 1]))

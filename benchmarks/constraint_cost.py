@@ -125,8 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             params = jaxcons.apply_constraints(params, {"kernel": c})
         case = JaxCase(make_opt_step(tx), params, tx.init(params), grads)
         timed[name], temps[name] = case, case.temp_bytes
-    wall, cpu = interleaved(timed, args.rounds, args.warmup)
-    stats = summarize(wall, cpu, "adam")
+    stats = summarize(*interleaved(timed, args.rounds, args.warmup), "adam")
     print_table("Optimizer step (update + apply_updates), ratios vs adam", stats, timed, "adam")
     result = {n: {**s, "temp_bytes": temps.get(n)} for n, s in stats.items()}
     write_json(args.json, result)

@@ -87,10 +87,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
             params = {"kernel": jnp.copy(start)}
             cases[name] = JaxCase(make_step(tx), params, tx.init(params), x, y)
-    wall, cpu = interleaved(cases, args.rounds, args.warmup)
+    timings = interleaved(cases, args.rounds, args.warmup)
     for n in args.sizes:
         names = [name for name in cases if name.endswith(f" {n}")]
-        stats = summarize({k: wall[k] for k in names}, {k: cpu[k] for k in names}, f"adam {n}")
+        stats = summarize(*({k: t[k] for k in names} for t in timings), f"adam {n}")
         print_table(
             f"Training step, one {n}x{n} kernel, ratios vs adam {n}", stats, cases, f"adam {n}"
         )

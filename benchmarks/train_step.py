@@ -26,7 +26,8 @@ Cases (see benchmarks/README.md):
 Every case of a configuration lives in one process; timing is round-robin (one step of every
 case per round, the starting case rotated each round) so drifting machine load hits all cases
 alike. Reported: the median step time, ratios of medians against ``adam`` from the same run,
-the median of per-round (paired) ratios and the ratio of minimum times. A second table times
+the median of per-round (paired) ratios, the ratio of minimum times and the median number of
+minor page faults per step. A second table times
 the optimizer step alone (``tx.update`` + ``optax.apply_updates`` on fixed gradients; the same
 cases but Keras). For
 every compiled step, ``memory_analysis()`` gives the XLA temporary-buffer size and
@@ -44,6 +45,7 @@ import functools
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -267,12 +269,14 @@ def keras_cases(
 
 def interleaved(
     cases: dict[str, Callable[[], None]], rounds: int, warmup: int
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[int]]]:
     """Times one call of every case per round, rotating which case goes first.
 
-    Returns wall-clock and process CPU times (all threads, user + system) per call. On a
-    shared machine the CPU time is the steadier of the two: it leaves out the time spent
-    waiting for a core, but keeps page faults and Python overhead.
+    Returns wall-clock and process CPU times (all threads, user + system) per call, and the
+    minor page faults of the process during each call (memory the kernel had to map in: XLA's
+    temporaries, when they come fresh from the operating system). On a shared machine the CPU
+    time is the steadier of the two times: it leaves out the time spent waiting for a core,
+    but keeps page faults and Python overhead.
     """
     names = list(cases)
     for name in names:
@@ -280,18 +284,24 @@ def interleaved(
             cases[name]()
     wall: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
+    faults: dict[str, list[int]] = {name: [] for name in names}
     for r in range(rounds):
         for j in range(len(names)):
             name = names[(r + j) % len(names)]
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             c0, t0 = time.process_time(), time.perf_counter()
             cases[name]()
             wall[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
-    return wall, cpu
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    return wall, cpu, faults
 
 
 def summarize(
-    wall: dict[str, list[float]], cpu: dict[str, list[float]], ref: str
+    wall: dict[str, list[float]],
+    cpu: dict[str, list[float]],
+    faults: dict[str, list[int]],
+    ref: str,
 ) -> dict[str, dict[str, float]]:
     """Medians and ratios against case ``ref`` (all from the same interleaved run)."""
     med_ref, min_ref = statistics.median(wall[ref]), min(wall[ref])
@@ -307,6 +317,7 @@ def summarize(
             "min_ratio": min(ts) / min_ref,
             "cpu_median_ms": 1e3 * statistics.median(cpu[name]),
             "cpu_ratio": statistics.median(cpu[name]) / cpu_ref,
+            "page_faults": statistics.median(faults[name]),
         }
     return out
 
@@ -314,11 +325,12 @@ def summarize(
 def print_table(
     title: str, stats: dict[str, dict[str, float]], cases: dict[str, Any], ref: str
 ) -> None:
-    """One row per case; ``XLA GB`` is XLA's count of bytes accessed by one step."""
+    """One row per case; ``XLA GB`` is XLA's count of bytes accessed by one step, ``faults``
+    the median minor page faults of the process during one step."""
     print(f"\n{title}")
     head = (
         f"{'case':<24}{'median ms':>10}{'min ms':>8}{'ratio':>7}{'paired':>7}{'min-ratio':>10}"
-        f"{'cpu-ratio':>10}{'XLA temp MiB':>13}{'XLA GB':>8}{'GB ratio':>9}"
+        f"{'cpu-ratio':>10}{'faults':>8}{'XLA temp MiB':>13}{'XLA GB':>8}{'GB ratio':>9}"
     )
     print(head)
     print("-" * len(head))
@@ -332,7 +344,7 @@ def print_table(
         print(
             f"{name:<24}{s['median_ms']:>10.1f}{s['min_ms']:>8.1f}{s['ratio']:>7.2f}"
             f"{s['paired_ratio']:>7.2f}{s['min_ratio']:>10.2f}{s['cpu_ratio']:>10.2f}"
-            f"{temp_s:>13}{moved_s:>8}{ratio_s:>9}"
+            f"{s['page_faults']:>8.0f}{temp_s:>13}{moved_s:>8}{ratio_s:>9}"
         )
 
 
@@ -378,10 +390,10 @@ def run_config(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
             cases[name] = JaxCase(make_train_step(tx, after, loss_fn), p, tx.init(p), x, y)
         if not args.no_keras:
             cases.update(keras_cases(cfg, params, np.asarray(x), np.asarray(y)))
-        wall, cpu = interleaved(cases, args.rounds, args.warmup)
-        stats = summarize(wall, cpu, "adam")
+        timings = interleaved(cases, args.rounds, args.warmup)
+        stats = summarize(*timings, "adam")
         if "keras" in stats:
-            vs_keras = summarize(wall, cpu, "keras")
+            vs_keras = summarize(*timings, "keras")
             for name, s in stats.items():
                 s["ratio_vs_keras"] = vs_keras[name]["ratio"]
                 s["min_ratio_vs_keras"] = vs_keras[name]["min_ratio"]

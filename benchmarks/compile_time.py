@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -45,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from train_step import write_json
+from train_step import environment, write_json
 
 import jaxcons
 from jaxcons.constraints import MaxNorm, NonNeg
@@ -216,13 +214,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
 
-    device = jax.devices()[0]
-    print(
-        f"jax {jax.__version__}, optax {optax.__version__}, jaxcons {jaxcons.__version__}; "
-        f"device {device.platform}:{device.device_kind}; {os.cpu_count()} CPUs; "
-        f"{args.leaves} leaves; {args.optimizer}; {args.repeats} rounds",
-        flush=True,
-    )
+    env = environment(f"{args.leaves} leaves; {args.optimizer}; {args.repeats} rounds")
     params = make_params(args.leaves)
     grads = jax.tree_util.tree_map(lambda p: 1e-2 * jnp.ones_like(p), params)
     tiny = make_params(4)
@@ -260,15 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{c:<20}{cells}")
     result = {
         "config": {"leaves": args.leaves, "optimizer": args.optimizer, "repeats": args.repeats},
-        "env": {
-            "jax": jax.__version__,
-            "optax": optax.__version__,
-            "jaxcons": jaxcons.__version__,
-            "platform": device.platform,
-            "device_kind": device.device_kind,
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "env": env,
         "seconds": times,
     }
     write_json(args.json, result)

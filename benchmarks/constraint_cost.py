@@ -16,7 +16,6 @@ Run: ``python benchmarks/constraint_cost.py [--rounds N] [--only SUBSTRING ...] 
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 import jax
@@ -25,6 +24,7 @@ import numpy as np
 import optax
 from train_step import (
     JaxCase,
+    environment,
     fresh,
     interleaved,
     make_opt_step,
@@ -108,12 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     selected = [(n, c) for n, c in CASES if not args.only or any(s in n for s in args.only)]
-    device = jax.devices()[0]
-    print(
-        f"jax {jax.__version__}, optax {optax.__version__}, jaxcons {jaxcons.__version__}; "
-        f"device {device.platform}:{device.device_kind}; {os.cpu_count()} CPUs; "
-        f"{WIDTH}x{WIDTH} kernel; {args.rounds} rounds"
-    )
+    environment(f"{WIDTH}x{WIDTH} kernel; {args.rounds} rounds")
     key_p, key_g = jax.random.split(jax.random.PRNGKey(0))
     kernel = jax.random.uniform(key_p, (WIDTH, WIDTH), jnp.float32, -LIMIT, LIMIT)
     grads = {"kernel": 1e-3 * jax.random.normal(key_g, (WIDTH, WIDTH), jnp.float32)}

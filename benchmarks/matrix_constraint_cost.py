@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from train_step import JaxCase, interleaved, print_table, summarize, write_json
+from train_step import JaxCase, environment, interleaved, print_table, summarize, write_json
 
 import jaxcons
 
@@ -63,12 +62,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048])
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
-    device = jax.devices()[0]
-    print(
-        f"jax {jax.__version__}, optax {optax.__version__}, jaxcons {jaxcons.__version__}; "
-        f"device {device.platform}:{device.device_kind}; {os.cpu_count()} CPUs; "
-        f"{args.rounds} rounds"
-    )
+    environment(f"{args.rounds} rounds")
     rng = np.random.default_rng(0)
     result: dict[str, Any] = {}
     cases: dict[str, JaxCase] = {}

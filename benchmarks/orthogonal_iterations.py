@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from train_step import JaxCase, interleaved, print_table, summarize, write_json
+from train_step import JaxCase, environment, interleaved, print_table, summarize, write_json
 
 import jaxcons
 
@@ -115,11 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per case")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
-    device = jax.devices()[0]
-    print(
-        f"jax {jax.__version__}, optax {optax.__version__}, jaxcons {jaxcons.__version__}; "
-        f"device {device.platform}:{device.device_kind}; {os.cpu_count()} CPUs"
-    )
+    environment()
     accuracy: dict[str, float] = {}
     columns = [
         (shape, lr, tangent)

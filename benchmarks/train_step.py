@@ -348,6 +348,31 @@ def print_table(
         )
 
 
+def environment(details: str = "") -> dict[str, Any]:
+    """Prints, and returns, what the figures are measured on: versions, device, CPUs.
+
+    ``details`` (the run's configuration) is appended to the printed line.
+    """
+    device = jax.devices()[0]
+    env = {
+        "jax": jax.__version__,
+        "optax": optax.__version__,
+        "jaxcons": jaxcons.__version__,
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    print(
+        f"jax {env['jax']}, optax {env['optax']}, jaxcons {env['jaxcons']}; device "
+        f"{env['platform']}:{env['device_kind']} ({env['device_count']} devices); "
+        f"{env['cpu_count']} CPUs; Python {env['python']}" + (f"; {details}" if details else ""),
+        flush=True,
+    )
+    return env
+
+
 def write_json(path: str | None, result: dict[str, Any]) -> None:
     """Writes ``result`` to ``path`` as JSON (the ``--json`` option), if a path is given."""
     if path:
@@ -451,27 +476,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
 
-    print(
-        f"jax {jax.__version__}, optax {optax.__version__}, jaxcons {jaxcons.__version__}; "
-        f"device {device.platform}:{device.device_kind} ({jax.device_count()} devices); "
-        f"{os.cpu_count()} CPUs; Python {platform.python_version()}"
-    )
+    env = environment()
     print(
         "jaxcons = constrain(rules) with its defaults (scratch=False: no scratch buffers, a "
         "state that is the same on every backend); jaxcons[scratch=True] = the opt-in CPU "
         "scratch buffers"
     )
     result: dict[str, Any] = {
-        "env": {
-            "jax": jax.__version__,
-            "optax": optax.__version__,
-            "jaxcons": jaxcons.__version__,
-            "platform": device.platform,
-            "device_kind": device.device_kind,
-            "device_count": jax.device_count(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "env": env,
         "rounds": args.rounds,
         "warmup": args.warmup,
     }

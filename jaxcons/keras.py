@@ -30,34 +30,45 @@ loss.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import keras
 
-from jaxcons._box_constraints import NonNeg
-from jaxcons._norm_constraints import MaxNorm, MinMaxNorm, UnitNorm
-from jaxcons._patterns import exact_pattern
-from jaxcons._protocol import Constraint, Regularizer
-from jaxcons._weight_regularizers import L1, L1L2, L2, OrthogonalRegularizer
+import jaxcons
+from jaxcons._src.patterns import exact_pattern
 
 __all__ = ["from_keras", "rules_from_model"]
 
-# Keras class -> the jaxcons class taking the same arguments (the keys of Keras's get_config).
-_EQUIVALENTS: dict[type, type] = {
-    keras.constraints.MaxNorm: MaxNorm,
-    keras.constraints.MinMaxNorm: MinMaxNorm,
-    keras.constraints.NonNeg: NonNeg,
-    keras.constraints.UnitNorm: UnitNorm,
-    keras.regularizers.L1: L1,
-    keras.regularizers.L2: L2,
-    keras.regularizers.L1L2: L1L2,
-    keras.regularizers.OrthogonalRegularizer: OrthogonalRegularizer,
-}
 
-_SUPPORTED = (
-    "keras.constraints.MaxNorm, MinMaxNorm, NonNeg, UnitNorm and keras.regularizers.L1, L2, "
-    "L1L2, OrthogonalRegularizer (those exact classes: a subclass may compute something else)"
-)
+def _equivalents() -> dict[type, type]:
+    """Keras class -> the jaxcons class taking the same arguments (the keys of Keras's
+    get_config), read from each public jaxcons class's ``keras_equivalent``."""
+    out: dict[type, type] = {}
+    for namespace in (jaxcons.constraints, jaxcons.regularizers):
+        for name in namespace.__all__:
+            cls = getattr(namespace, name)
+            if not isinstance(cls, type) or name != cls.__name__ or cls.keras_equivalent is None:
+                continue
+            module, _, attr = cls.keras_equivalent.rpartition(".")
+            out[getattr(importlib.import_module(module), attr)] = cls
+    return out
+
+
+_EQUIVALENTS = _equivalents()
+
+
+def _supported() -> str:
+    """``"keras.constraints.MaxNorm, MinMaxNorm, ... and keras.regularizers.L1, ..."``."""
+    groups: dict[str, list[str]] = {}
+    for cls in _EQUIVALENTS.values():
+        module, _, name = str(cls.keras_equivalent).rpartition(".")
+        groups.setdefault(module, []).append(name)
+    listed = [f"{module}.{', '.join(sorted(names))}" for module, names in groups.items()]
+    return " and ".join(listed) + " (those exact classes: a subclass may compute something else)"
+
+
+_SUPPORTED = _supported()
 
 
 def _no_equivalent(obj: Any, what: str) -> ValueError:
@@ -68,7 +79,7 @@ def _no_equivalent(obj: Any, what: str) -> ValueError:
     )
 
 
-def _convert(obj: Any) -> Constraint | Regularizer:
+def _convert(obj: Any) -> jaxcons.Constraint | jaxcons.Regularizer:
     """The jaxcons equivalent of a Keras constraint or regularizer object."""
     cls = _EQUIVALENTS.get(type(obj))
     if cls is None:
@@ -86,7 +97,7 @@ def _convert(obj: Any) -> Constraint | Regularizer:
         ) from None
 
 
-def _from_name(name: str) -> Constraint | Regularizer:
+def _from_name(name: str) -> jaxcons.Constraint | jaxcons.Regularizer:
     for module in (keras.constraints, keras.regularizers):
         try:
             obj = module.get(name)
@@ -105,7 +116,7 @@ def _from_name(name: str) -> Constraint | Regularizer:
     )
 
 
-def _from_config(config: dict[str, Any]) -> Constraint | Regularizer:
+def _from_config(config: dict[str, Any]) -> jaxcons.Constraint | jaxcons.Regularizer:
     if "class_name" not in config:
         raise ValueError(
             "jaxcons.keras.from_keras: a Keras config dict has a 'class_name' key (as "
@@ -128,7 +139,7 @@ def _from_config(config: dict[str, Any]) -> Constraint | Regularizer:
     raise _no_equivalent(config, f"a config of class {config['class_name']!r}")
 
 
-def from_keras(obj: Any) -> Constraint | Regularizer | None:
+def from_keras(obj: Any) -> jaxcons.Constraint | jaxcons.Regularizer | None:
     """Returns the jaxcons constraint or regularizer equivalent to a Keras 3 one.
 
     ``keras.constraints.MaxNorm``, ``MinMaxNorm``, ``NonNeg`` and ``UnitNorm`` become
@@ -178,7 +189,7 @@ def from_keras(obj: Any) -> Constraint | Regularizer | None:
       >>> jaxcons.keras.from_keras(keras.regularizers.serialize(keras.regularizers.L2(1e-4)))
       L2(l2=0.0001)
     """
-    if obj is None or isinstance(obj, (Constraint, Regularizer)):
+    if obj is None or isinstance(obj, (jaxcons.Constraint, jaxcons.Regularizer)):
         return obj
     if isinstance(obj, type):
         raise TypeError(

@@ -29,7 +29,9 @@ from jaxcons.constraints import (
     MinMaxNorm,
     NofM,
     NonNeg,
+    Orthogonal,
     RadialConstraint,
+    SingularValueClip,
     Simplex,
     SpectralNorm,
     TopK,
@@ -41,12 +43,16 @@ class Orthant(jaxcons.Constraint):
     """max(w, 0) without elementwise bounds: Intersection cannot recognise it, so it runs
     Dykstra's algorithm."""
 
+    convex = True
+
     def __call__(self, w):
         return jnp.maximum(w, jnp.zeros((), w.dtype))
 
 
 class Cube(jaxcons.Constraint):
     """clip(w, -a, a) without elementwise bounds, for the same reason."""
+
+    convex = True
 
     def __init__(self, a):
         self.a = a
@@ -329,14 +335,19 @@ class Counter(jaxcons.StatefulConstraint):
         ((NonNeg(), Counter()), r"member 1, Counter\(\), keeps state between steps"),
         (
             (NonNeg(), TopK(3)),
-            r"member 1, TopK\(k=3, axis=None\), is not one: its set \(sparse "
-            r"tensors\) is not convex",
+            r"member 1, TopK\(k=3, axis=None\), declares convex=False: its set is not convex, "
+            r"or its call is not the Euclidean projection onto it",
         ),
-        ((NofM(),), r"NofM\(n=2, m=4, axis=0\), is not one"),
-        ((UnitNorm(),), r"UnitNorm\(axis=0\), is not one: its set \(a sphere\) is not convex"),
-        ((MinMaxNorm(0.5, 1.0),), r"with min_value > 0 its set \(a shell\) is not convex"),
-        ((MinMaxNorm(0.0, 1.0, rate=0.5),), r"with rate < 1 it is not a projection"),
-        ((RadialConstraint("tf_keras"),), r"mode='tf_keras' is not a projection"),
+        ((NofM(),), r"member 0, NofM\(n=2, m=4, axis=0\), declares convex=False"),
+        ((UnitNorm(),), r"member 0, UnitNorm\(axis=0\), declares convex=False"),
+        ((MinMaxNorm(0.5, 1.0),), r"MinMaxNorm\(min_value=0.5, .*\), declares convex=False"),
+        ((MinMaxNorm(0.0, 1.0, rate=0.5),), r"MinMaxNorm\(.*rate=0.5.*\), declares convex=False"),
+        ((RadialConstraint("tf_keras"),), r"RadialConstraint\(mode='tf_keras'\), declares convex"),
+        (
+            (NonNeg(), SingularValueClip(0.5, 1.0)),
+            r"member 1, SingularValueClip\(min_value=0.5, max_value=1.0\), declares convex=False",
+        ),
+        ((NonNeg(), Orthogonal()), r"member 1, Orthogonal\(.*\), keeps state between steps"),
         (
             (Clip(0.0, 1.0), Clip(2.0, 3.0)),
             r"Intersection of Clip\(min_value=0.0, max_value=1.0\), "

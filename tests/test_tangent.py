@@ -157,6 +157,9 @@ def test_tangent_errors():
 
 def test_a_tangent_returning_the_wrong_shape_is_an_error():
     class Broken(jaxcons.Constraint):
+        def __call__(self, w):
+            return w
+
         def tangent(self, w, g):
             return g[:1]
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxcons import regularizers
-from jaxcons._penalties import activity_penalty
+from jaxcons._src.penalty import activity_penalty
 
 __all__ = ["ActivityLoss", "ActivityRegularization", "NNXActivityRegularization", "activity_losses"]
 

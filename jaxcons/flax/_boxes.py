@@ -43,6 +43,9 @@ class Constrained(flax.struct.PyTreeNode, meta.AxisMetadata):
       ['scale']
     """
 
+    # The declarations the engine reads off this box (jaxcons._src.declarations).
+    __jaxcons_declarations__ = ("constraint", "regularizer")
+
     value: Any
     constraint: Any = flax.struct.field(default=None, pytree_node=False)
     regularizer: Any = flax.struct.field(default=None, pytree_node=False)

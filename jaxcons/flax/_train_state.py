@@ -12,10 +12,10 @@ from flax.core import meta
 from flax.linen.fp8_ops import OVERWRITE_WITH_GRADIENT
 from flax.training import train_state
 
-from jaxcons._constrain import ConstrainState, _constrain, as_constraint_rules
-from jaxcons._penalties import as_regularizer_rules, penalties, penalty
-from jaxcons._rules import Rules, RulesLike
-from jaxcons.flax._declared import combine
+from jaxcons._src.constrain import ConstrainState, _constrain, as_constraint_rules
+from jaxcons._src.declarations import combine
+from jaxcons._src.penalty import as_regularizer_rules, penalties, penalty
+from jaxcons._src.rules import Rules, RulesLike
 
 __all__ = ["TrainState"]
 
@@ -107,10 +107,11 @@ class TrainState(train_state.TrainState):
         """
         plain = meta.unbox(params)
         c_rules = as_constraint_rules(
-            combine(params, constraints, prefer, "constraint"), strict=strict
+            combine(params, constraints, prefer, "constraint", as_constraint_rules), strict=strict
         )
         r_rules = as_regularizer_rules(
-            combine(params, regularizers, prefer, "regularizer"), strict=strict
+            combine(params, regularizers, prefer, "regularizer", as_regularizer_rules),
+            strict=strict,
         )
         r_rules.resolve(plain)  # Validate now: strictness and shape checks.
         # No rules and no declarations is plain flax: the transform then passes updates on.

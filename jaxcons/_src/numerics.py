@@ -1,0 +1,117 @@
+"""Norms that stay finite at zero, and the dtype they accumulate in."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def accumulation_dtype(dtype: Any, *others: Any) -> np.dtype:
+    """The dtype norms and penalties are computed in: ``dtype`` for floats of >= 32 bits,
+    float32 otherwise (bfloat16 and float16 parameters are never summed in their own dtype).
+    With several dtypes (a parameter and its update), the widest of their results."""
+    if others:
+        return max((accumulation_dtype(d) for d in (dtype, *others)), key=lambda d: d.itemsize)
+    dtype = np.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits >= 32:
+        return dtype
+    return np.dtype(jnp.float32)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def safe_norm(x: jax.Array, axes: Any) -> jax.Array:
+    """Euclidean norms of ``x`` over ``axes`` (kept as size-1 dimensions).
+
+    The value is plain ``sqrt(sum(x**2))``, exactly 0 for zero vectors; the derivative is
+    the norm's own, ``<x, dx> / |x|``, and 0 (not NaN) at a zero vector, by a custom JVP rule
+    rather than the "double where" of guarded arguments. So the forward pass is one reduction
+    and one ``sqrt`` that XLA fuses into a single kernel whose only output is the norms: on a
+    tree of thousands of small parameters that is fewer kernels and buffers to compile.
+    A NaN in a vector gives a NaN norm (nothing is hidden). ``axes`` must be hashable (a
+    tuple of ints, or ``None``).
+    """
+    return jnp.sqrt(jnp.sum(jnp.square(x), axis=axes, keepdims=True))
+
+
+@safe_norm.defjvp
+def _safe_norm_jvp(
+    axes: Any, primals: tuple[jax.Array], tangents: tuple[jax.Array]
+) -> tuple[jax.Array, jax.Array]:
+    (x,), (dx,) = primals, tangents
+    n = safe_norm(x, axes)
+    inner = jnp.sum(x * dx, axis=axes, keepdims=True)
+    return n, jnp.where(n > 0, inner / jnp.where(n > 0, n, 1), 0)
+
+
+def inward_bounds(
+    lower: float | np.ndarray | None,
+    upper: float | np.ndarray | None,
+    dtype: Any,
+    ndim: int = 0,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The box ``[lower, upper]`` as arrays of ``dtype``, rounded inward for narrow floats.
+
+    Each bound is ``None`` (no bound on that side), a scalar or an array (per-element bounds).
+    For bfloat16 and float16 a bound entry that the dtype cannot represent is rounded towards
+    the inside of the box (``0.3`` becomes the bf16 just below it), so a clipped value never
+    lies outside the box in exact arithmetic. Wider dtypes round to nearest, as ``jnp.clip``
+    does. An array bound gets leading size-1 axes up to rank ``ndim`` (the parameter's), so
+    it broadcasts against the parameter without rank promotion.
+    """
+    dtype = np.dtype(dtype)
+    narrow = jnp.finfo(dtype).bits < 32
+
+    def cast(bound: float | np.ndarray | None, toward: float) -> np.ndarray | None:
+        if bound is None:
+            return None
+        exact = np.asarray(bound, np.float64)
+        value = exact.astype(dtype)
+        if narrow:
+            outside = (value.astype(np.float64) - exact) * toward < 0
+            inward = np.nextafter(value, np.asarray(toward * np.inf, dtype))
+            value = np.asarray(np.where(outside, inward, value), dtype)
+        if value.ndim:
+            value = value.reshape((1,) * (ndim - value.ndim) + value.shape)
+        return value
+
+    return cast(lower, 1.0), cast(upper, -1.0)
+
+
+def wider_float(a: Any, b: Any) -> np.dtype:
+    """The float dtype ``a + b`` computes in under standard promotion, found without it.
+
+    The wider of two float dtypes (bfloat16 and float16 together give float32), so code that
+    mixes bf16 params with f32 updates stays valid under ``jax_numpy_dtype_promotion="strict"``.
+    """
+    a, b = np.dtype(a), np.dtype(b)
+    if a == b:
+        return a
+    if a.itemsize != b.itemsize:
+        return a if a.itemsize > b.itemsize else b
+    return np.dtype(jnp.float32)
+
+
+def add_penalties(values: Sequence[jax.typing.ArrayLike]) -> jax.Array:
+    """Sums scalar penalties in the widest of their accumulation dtypes (0.0 in f32 if none).
+
+    Explicit casts keep this valid under ``jax_numpy_dtype_promotion="strict"``.
+    """
+    arrays = [jnp.asarray(v) for v in values]
+    dtype = max(
+        (accumulation_dtype(a.dtype) for a in arrays),
+        key=lambda d: d.itemsize,
+        default=np.dtype(jnp.float32),
+    )
+    total = jnp.zeros((), dtype)
+    for a in arrays:
+        total = total + a.astype(dtype)
+    return total
+
+
+def upcast(x: jax.Array) -> jax.Array:
+    return x.astype(accumulation_dtype(x.dtype))

@@ -1,0 +1,296 @@
+"""Norm bounds on slices of a parameter: `MaxNorm`, `MinMaxNorm`, `UnitNorm`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxcons._src.base import Constraint
+from jaxcons._src.numerics import accumulation_dtype, safe_norm
+from jaxcons._src.schedules import schedulable, start
+from jaxcons._src.validation import axis_argument, axis_config, real_number, resolve_axes
+
+
+def _nonnegative(name: str, value: Any) -> float:
+    return real_number(name, value, minimum=0.0)
+
+
+def _rate(name: str, value: Any) -> float:
+    rate = real_number(name, value)
+    if not 0 < rate <= 1:
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}.")
+    return rate
+
+
+def _axes(c: Any, shape: tuple[int, ...], path: str) -> tuple[int, ...]:
+    return resolve_axes(c.axis, shape, path, type(c).__name__)
+
+
+class MaxNorm(Constraint):
+    """Caps the norm of the weights incident to each unit: projection onto a ball.
+
+    For every vector ``v`` of ``w`` along ``axis`` (the incoming weights of one unit):
+
+    .. math:: P(v) = v \\cdot \\min\\left(1, \\frac{c}{\\|v\\|_2}\\right)
+
+    Keras's max-norm constraint, popularised with dropout by Srivastava et al. (2014). Unlike
+    Keras, which multiplies every vector by ``min(n, c) / (n + 1e-7)``, vectors with
+    ``||v|| <= c`` come back unchanged bit for bit, and only vectors outside the ball are
+    rescaled; elsewhere the two agree to ~``1e-7 / ||v||`` relative. Zero vectors stay zero
+    with a finite gradient. Norms accumulate in at least float32; shape and dtype are kept.
+
+    Args:
+      max_value: the radius ``c >= 0`` (``0`` projects every vector to zero), or an optax
+        schedule of it, evaluated at `jaxcons.constrain`'s step count (``MaxNorm(
+        optax.linear_schedule(4.0, 1.0, 1000))`` tightens the bound over training).
+      axis: the axis (or list/tuple of axes) the norms run over; negative values count from
+        the end; ``None`` takes one norm over the whole tensor (as Keras configs may say).
+        ``0`` for a Dense kernel ``(in, out)`` constrains each column; ``[0, 1, 2]`` for a
+        Conv2D kernel ``(rows, cols, in, out)`` each filter.
+
+    Raises:
+      ValueError: at construction, for a negative or non-finite ``max_value`` or a malformed
+        ``axis``; when applied, for an ``axis`` out of range for the parameter's rank (the
+        message names the axis, the parameter's path and its shape).
+
+    References:
+      Srivastava et al., 2014. `Dropout: A Simple Way to Prevent Neural Networks from
+      Overfitting <https://jmlr.org/papers/v15/srivastava14a.html>`_. JMLR 15(56).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxcons.constraints import MaxNorm
+      >>> w = jnp.array([[3.0, 0.3], [4.0, 0.4]])  # Column norms 5 and 0.5.
+      >>> MaxNorm(max_value=1.0, axis=0)(w)
+      Array([[0.6, 0.3],
+             [0.8, 0.4]], dtype=float32)
+    """
+
+    identifiers = ("max_norm", "maxnorm")
+    keras_equivalent = "keras.constraints.MaxNorm"
+    traced_once = True
+    convex = True
+    elementwise_bounds = None
+
+    def __init__(self, max_value: float = 2.0, axis: int | Sequence[int] | None = 0):
+        self._max = schedulable("max_value", max_value, _nonnegative)
+        self.max_value = max_value
+        self.axis = axis_argument(axis)
+
+    def check(self, shape: tuple[int, ...], path: str) -> None:
+        _axes(self, shape, path)
+
+    def __call__(self, w: jax.Array) -> jax.Array:
+        return max_norm(w, self._max, _axes(self, jnp.shape(w), "<array>"))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"max_value": self.max_value, "axis": axis_config(self.axis)}
+
+
+class MinMaxNorm(Constraint):
+    """Keeps the norm of the weights incident to each unit inside ``[min_value, max_value]``.
+
+    For every non-zero vector ``v`` of ``w`` along ``axis`` whose norm ``n`` lies outside
+    ``[a, b]``, the norm is moved a fraction ``r`` of the way into the interval:
+
+    .. math:: P(v) = v \\cdot \\frac{r\\,\\mathrm{clip}(n, a, b) + (1 - r)\\,n}{n}
+
+    With ``rate=1`` this is the projection onto the shell ``a <= ||v|| <= b``; with
+    ``rate < 1`` out-of-range norms approach the interval over repeated steps. Vectors already
+    inside come back unchanged bit for bit (Keras rescales them by ``n / (n + 1e-7)``); zero
+    vectors have no direction and stay zero, with a finite gradient. Norms accumulate in at
+    least float32; shape and dtype are kept.
+
+    Args:
+      min_value: the lower bound ``a >= 0`` on the norm.
+      max_value: the upper bound ``b >= a`` on the norm.
+      rate: ``r`` in ``(0, 1]``: ``1`` enforces the bounds at once. Each of the three may be
+        an optax schedule, as in `MaxNorm` (checked at step 0).
+      axis: the axis (or list/tuple of axes) the norms run over, as in `MaxNorm`.
+
+    Raises:
+      ValueError: at construction, for a negative or non-finite bound, ``min_value >
+        max_value``, ``rate`` outside ``(0, 1]`` or a malformed ``axis``; when applied, for an
+        ``axis`` out of range for the parameter's rank.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxcons.constraints import MinMaxNorm
+      >>> w = jnp.array([[3.0, 0.3, 0.0], [4.0, 0.4, 0.0]])  # Column norms 5, 0.5 and 0.
+      >>> MinMaxNorm(min_value=1.0, max_value=2.0)(w)
+      Array([[1.2, 0.6, 0. ],
+             [1.6, 0.8, 0. ]], dtype=float32)
+    """
+
+    identifiers = ("min_max_norm",)
+    keras_equivalent = "keras.constraints.MinMaxNorm"
+    traced_once = True
+    elementwise_bounds = None
+
+    @property
+    def convex(self) -> bool:
+        """A ball (convex) only with ``min_value=0`` and ``rate=1``: with ``min_value > 0`` the
+        set is a shell, and with ``rate < 1`` the call is no projection."""
+        return self._min == 0 and self._rate == 1 and not self.is_scheduled
+
+    def __init__(
+        self,
+        min_value: float = 0.0,
+        max_value: float = 1.0,
+        rate: float = 1.0,
+        axis: int | Sequence[int] | None = 0,
+    ):
+        self._min = schedulable("min_value", min_value, _nonnegative)
+        self._max = schedulable("max_value", max_value, _nonnegative)
+        if start(self._min) > start(self._max):
+            raise ValueError(
+                f"MinMaxNorm needs min_value <= max_value, got min_value={min_value!r} > "
+                f"max_value={max_value!r}."
+            )
+        self._rate = schedulable("rate", rate, _rate)
+        self.min_value = min_value
+        self.max_value = max_value
+        self.rate = rate
+        self.axis = axis_argument(axis)
+
+    def check(self, shape: tuple[int, ...], path: str) -> None:
+        _axes(self, shape, path)
+
+    def __call__(self, w: jax.Array) -> jax.Array:
+        axes = _axes(self, jnp.shape(w), "<array>")
+        return min_max_norm(w, self._min, self._max, self._rate, axes)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "min_value": self.min_value,
+            "max_value": self.max_value,
+            "rate": self.rate,
+            "axis": axis_config(self.axis),
+        }
+
+
+class UnitNorm(Constraint):
+    """Scales the weights incident to each unit to unit norm.
+
+    For every vector ``v`` of ``w`` along ``axis``:
+
+    .. math:: P(v) = v / \\|v\\|_2 \\quad (v \\neq 0), \\qquad P(0) = 0
+
+    Vectors whose computed norm is exactly 1 come back unchanged bit for bit (Keras divides
+    every vector by ``n + 1e-7``); a zero vector has no direction and stays zero, with a
+    finite gradient. Norms accumulate in at least float32; shape and dtype are kept.
+
+    Each slice's set is a sphere, a smooth manifold: `tangent` projects an update onto its
+    tangent space (``g - w <w, g> / ||w||^2`` per slice), which `jaxcons.tangent` uses for
+    Riemannian steps.
+
+    Args:
+      axis: the axis (or list/tuple of axes) the norms run over, as in `MaxNorm`.
+
+    Raises:
+      ValueError: at construction, for a malformed ``axis``; when applied, for an ``axis`` out
+        of range for the parameter's rank.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxcons.constraints import UnitNorm
+      >>> UnitNorm(axis=-1)(jnp.array([[3.0, 4.0], [0.0, 0.0]]))
+      Array([[0.6, 0.8],
+             [0. , 0. ]], dtype=float32)
+    """
+
+    identifiers = ("unit_norm", "unitnorm")
+    keras_equivalent = "keras.constraints.UnitNorm"
+    traced_once = True
+    convex = False  # A sphere.
+    elementwise_bounds = None
+
+    def __init__(self, axis: int | Sequence[int] | None = 0):
+        self.axis = axis_argument(axis)
+
+    def check(self, shape: tuple[int, ...], path: str) -> None:
+        _axes(self, shape, path)
+
+    def __call__(self, w: jax.Array) -> jax.Array:
+        return unit_norm(w, _axes(self, jnp.shape(w), "<array>"))
+
+    def tangent(self, w: jax.Array, g: jax.Array) -> jax.Array:
+        """Removes from each slice of ``g`` its component along the slice of ``w``: the
+        projection onto the tangent space of the unit sphere at ``w`` (see `jaxcons.tangent`).
+        """
+        return sphere_tangent(w, g, _axes(self, jnp.shape(w), "<array>"))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"axis": axis_config(self.axis)}
+
+
+def _rescale(
+    w: jax.Array,
+    axes: tuple[int, ...],
+    rule: Callable[[jax.Array], tuple[jax.Array, jax.Array]],
+) -> jax.Array:
+    """Rescales the vectors of ``w`` along ``axes`` whose norm the ``rule`` rejects.
+
+    ``rule(n)`` gets the norms ``n`` (keepdims, accumulation dtype; exactly 0 for zero vectors)
+    and returns ``(needs, desired)``: which vectors to rescale and the norm they get. ``needs``
+    must be false for zero vectors. Vectors that need nothing are returned bit for bit; every
+    division is guarded and the norm's derivative is 0 at a zero vector (`safe_norm`), so
+    values and gradients stay finite there.
+    """
+    w = jnp.asarray(w)
+    x = w.astype(accumulation_dtype(w.dtype))
+    n = safe_norm(x, axes)
+    needs, desired = rule(n)
+    scale = desired / jnp.where(needs, n, 1)
+    return jnp.where(needs, (x * scale).astype(w.dtype), w)
+
+
+def max_norm(w: jax.Array, max_value: float, axes: tuple[int, ...]) -> jax.Array:
+    """Projects every vector along ``axes`` onto the ball of radius ``max_value``.
+
+    .. math:: P(w) = w \\cdot \\min(1, c / \\|w\\|)
+    """
+    return _rescale(w, axes, lambda n: (n > max_value, jnp.full_like(n, max_value)))
+
+
+def min_max_norm(
+    w: jax.Array, min_value: float, max_value: float, rate: float, axes: tuple[int, ...]
+) -> jax.Array:
+    """Moves every non-zero vector's norm toward ``[min_value, max_value]`` by ``rate``.
+
+    .. math:: P(w) = w \\cdot \\frac{r\\,\\mathrm{clip}(\\|w\\|, a, b) + (1 - r)\\|w\\|}{\\|w\\|}
+    """
+
+    def rule(n: jax.Array) -> tuple[jax.Array, jax.Array]:
+        needs = (n > 0) & ((n < min_value) | (n > max_value))
+        return needs, rate * jnp.clip(n, min_value, max_value) + (1 - rate) * n
+
+    return _rescale(w, axes, rule)
+
+
+def unit_norm(w: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """Scales every non-zero vector along ``axes`` to unit norm; zero vectors stay zero.
+
+    .. math:: P(w) = w / \\|w\\|
+    """
+    return _rescale(w, axes, lambda n: ((n > 0) & (n != 1), jnp.ones_like(n)))
+
+
+def sphere_tangent(w: jax.Array, g: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """Projects every slice of ``g`` along ``axes`` onto the tangent space of the sphere
+    through the same slice of ``w``: removes its radial component.
+
+    .. math:: P_w(g) = g - w \\frac{\\langle w, g \\rangle}{\\|w\\|^2}
+
+    A zero slice of ``w`` has no sphere through it: its slice of ``g`` is returned unchanged
+    (with finite gradients). The result has ``g``'s dtype, computed in >= float32.
+    """
+    dtype = accumulation_dtype(w.dtype, g.dtype)
+    x, y = w.astype(dtype), g.astype(dtype)
+    sq = jnp.sum(x * x, axis=axes, keepdims=True)
+    nonzero = sq > 0
+    radial = jnp.sum(x * y, axis=axes, keepdims=True) / jnp.where(nonzero, sq, 1)
+    return (y - jnp.where(nonzero, radial, 0) * x).astype(g.dtype)

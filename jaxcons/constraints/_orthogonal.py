@@ -1,0 +1,307 @@
+"""`Orthogonal`: the Stiefel manifold, by a polar factor or Newton-Schulz steps."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from jaxcons._src.base import StatefulConstraint
+from jaxcons._src.linalg import (
+    HIGHEST,
+    as_matrix,
+    check_matrix,
+    initial_vector,
+    is_explicit,
+    like,
+    like_last_axis,
+    power_iteration,
+    svd,
+)
+from jaxcons._src.numerics import accumulation_dtype
+from jaxcons._src.validation import positive_int, positive_number
+
+# The `Orthogonal` default, chosen by `benchmarks/orthogonal_iterations.py` (see BUILD.md).
+DEFAULT_NEWTON_SCHULZ_ITERATIONS = 3
+
+
+# `Orthogonal.init` accepts a start whose singular values (over `scale`) lie in this range:
+# from there the Newton-Schulz steps of the first few updates bring it onto the set.
+_START_RANGE = (0.5, 1.5)
+
+
+# Power-iteration steps per `Orthogonal.project` for the divergence guard of `newton_schulz`.
+_GUARD_POWER_ITERATIONS = 2
+
+
+class OrthogonalState(NamedTuple):
+    """State of `Orthogonal` for one kernel, carried in `jaxcons.ConstrainState`.
+
+    Attributes:
+      u: the unit-norm estimate of the kernel's top right singular vector (the kernel viewed
+        as ``(rows, out)``), shape ``(out,)``, float32 (float64 for float64 kernels), sharded
+        like the kernel's last axis where that is known. It warm-starts the power iteration
+        that guards the Newton-Schulz steps against divergence.
+    """
+
+    u: jax.Array
+
+
+class Orthogonal(StatefulConstraint):
+    """Keeps a kernel orthogonal: orthonormal columns (rows, if wider than tall), times scale.
+
+    For the kernel viewed as a matrix ``W = U \\Sigma V^T`` (rank > 2 as
+    ``(prod(shape[:-1]), shape[-1])``), the exact projection is ``scale`` times its polar
+    factor:
+
+    .. math:: P(W) = s\\, U V^\\top, \\qquad
+       \\{W : W^\\top W = s^2 I\\} \\text{ (tall) or } \\{W : W W^\\top = s^2 I\\} \\text{ (wide)}
+
+    the nearest such matrix in the Frobenius norm (Higham, 2008). A Dense layer with this
+    kernel preserves norms (an orthogonal RNN's recurrence; with ``scale`` a Parseval-style
+    layer of Lipschitz constant ``s``, Cissé et al., 2017).
+
+    Two methods:
+
+    * Called directly (or through `jaxcons.apply_constraints`): exact, one SVD. A kernel whose
+      Gram matrix is within 4 ulps of ``s^2 I`` (``max |W^T W / s^2 - I| <= 4 eps``) comes
+      back bit for bit; a zero kernel stays zero (it has no polar factor). Gradients through
+      it are finite on the set and at zero (the SVD is not evaluated there); elsewhere they
+      are those of `jnp.linalg.svd`, undefined where two singular values coincide.
+    * Inside `jaxcons.constrain` (`project`): ``n_iterations`` Newton-Schulz (Björck-Bowie)
+      steps ``X <- X (3 I - X^T X) / 2`` on ``X = W / s``, only matrix products, no SVD.
+      Each step squares the distance to the set (an error ``e`` in a singular value becomes
+      about ``1.5 e^2``), so a kernel that was orthogonal one step ago comes back within
+      float32 rounding (the default count and its measured accuracy under Adam are in
+      BUILD.md, from ``benchmarks/orthogonal_iterations.py``).
+
+    Far from the set the fast method may not converge: the iteration diverges where a
+    singular value of ``W / s`` exceeds ``sqrt(3)`` and crawls where one is near 0. Two
+    guards: `init` rejects a concrete start whose singular values over ``s`` lie outside
+    ``[0.5, 1.5]`` (project the initial parameters with `jaxcons.apply_constraints` first);
+    and `project` estimates the largest singular value by two steps of power iteration,
+    warm-started from `OrthogonalState` as in `SpectralNorm`, and where it exceeds
+    ``1.5 s`` divides the kernel by it first (the polar factor is the same), so the steps
+    approach the set from below instead of diverging; the kernel may then take a few
+    training steps to come back within float32 rounding. After a step far too large for
+    that (a learning-rate spike, a checkpoint of another run), project with
+    `jaxcons.apply_constraints` again.
+
+    Its set is a smooth manifold (the Stiefel manifold): `tangent` projects an update onto
+    the tangent space, ``G - W sym(W^T G) / s^2``, for `jaxcons.tangent` (Riemannian steps
+    with this constraint as the retraction).
+
+    Args:
+      scale: the scale ``s > 0`` (finite) of the orthonormal columns.
+      n_iterations: Newton-Schulz steps per `project` call (a positive int).
+
+    Raises:
+      ValueError: at construction, for a ``scale`` that is not finite and > 0 or an
+        ``n_iterations`` that is not a positive int; when applied, for a parameter of rank
+        < 2; at `init`, for a concrete start too far from the set.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxcons
+      >>> w = jnp.array([[2.0, 0.0], [0.0, 0.5], [0.0, 0.0]])
+      >>> jaxcons.Orthogonal()(w)
+      Array([[1., 0.],
+             [0., 1.],
+             [0., 0.]], dtype=float32)
+      >>> near = jnp.array([[1.01, 0.0], [0.0, 0.99]])  # Orthogonal one step ago.
+      >>> c = jaxcons.Orthogonal()
+      >>> c.project(near, c.init(near))[0].round(6)  # Three Newton-Schulz steps.
+      Array([[1., 0.],
+             [0., 1.]], dtype=float32)
+
+    References:
+      Björck and Bowie, "An iterative algorithm for computing the best estimate of an
+      orthogonal matrix", SIAM J. Numer. Anal. 8(2), 1971. Higham, "Functions of Matrices",
+      SIAM 2008, ch. 8. Cissé, Bojanowski, Grave, Dauphin and Usunier, "Parseval networks:
+      improving robustness to adversarial examples", ICML 2017. Absil, Mahony and Sepulchre,
+      "Optimization Algorithms on Matrix Manifolds", Princeton 2008.
+    """
+
+    identifiers = ("orthogonal",)
+    traced_once = False  # It keeps state.
+    convex = False  # The Stiefel manifold.
+    elementwise_bounds = None
+
+    def __init__(self, scale: float = 1.0, n_iterations: int = DEFAULT_NEWTON_SCHULZ_ITERATIONS):
+        self.scale = positive_number("scale", scale)
+        self.n_iterations = positive_int("n_iterations", n_iterations)
+
+    def check(self, shape: tuple[int, ...], path: str) -> None:
+        check_matrix("Orthogonal", shape, path)
+
+    def __call__(self, w: jax.Array) -> jax.Array:
+        w = jnp.asarray(w)
+        self.check(w.shape, "")
+        tolerance = 4 * float(jnp.finfo(w.dtype).eps)
+        return polar(w, self.scale, tolerance)
+
+    def init(self, w: jax.Array) -> OrthogonalState:
+        """Checks that a concrete start is near the set (see the class) and returns the start
+        of the guard's power iteration: a fixed random unit vector (drawn with key 0; on the
+        set every direction is a top singular direction)."""
+        w = jnp.asarray(w)
+        self.check(w.shape, "")
+        matrix = as_matrix(w)
+        if not isinstance(w, jax.core.Tracer):
+            s = np.linalg.svd(np.asarray(matrix), compute_uv=False) / self.scale
+            low, high = _START_RANGE
+            if s.size and not (s.min() >= low and s.max() <= high):
+                raise ValueError(
+                    f"{self!r} inside jaxcons.constrain refines the kernel with Newton-Schulz "
+                    f"steps, which need a start near the set: the singular values of this "
+                    f"kernel of shape {tuple(w.shape)}, divided by scale, lie in "
+                    f"[{s.min():.3g}, {s.max():.3g}], not inside [{low}, {high}]. Project the "
+                    "initial parameters first: params = jaxcons.apply_constraints(params, "
+                    "rules)."
+                )
+        u = initial_vector(w.shape[-1], accumulation_dtype(w.dtype))
+        return OrthogonalState(u=like_last_axis(u, w))
+
+    def project(self, w: jax.Array, state: OrthogonalState) -> tuple[jax.Array, OrthogonalState]:
+        """``n_iterations`` Newton-Schulz steps towards the set (no SVD), guarded against
+        divergence by a power-iteration estimate of the largest singular value."""
+        w = jnp.asarray(w)
+        self.check(w.shape, "")
+        kernel = w.astype(accumulation_dtype(w.dtype))
+        sigma, u = power_iteration(kernel, state.u, _GUARD_POWER_ITERATIONS)
+        y = newton_schulz(w, self.scale, self.n_iterations, jax.lax.stop_gradient(sigma))
+        return y, OrthogonalState(u=u)
+
+    def tangent(self, w: jax.Array, g: jax.Array) -> jax.Array:
+        """Projects ``g`` onto the tangent space at ``w`` of the scaled Stiefel manifold:
+        ``G - W sym(W^T G) / s^2`` (``G - sym(G W^T) W / s^2`` for a wide kernel)."""
+        w = jnp.asarray(w)
+        self.check(w.shape, "")
+        return stiefel_tangent(w, jnp.asarray(g), self.scale)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"scale": self.scale, "n_iterations": self.n_iterations}
+
+
+def _lead(w: jax.Array) -> tuple[int, ...]:
+    return tuple(range(w.ndim - 1))
+
+
+def _tall(shape: tuple[int, ...]) -> bool:
+    """Whether the ``(rows, out)`` view has at least as many rows as columns (orthonormal
+    columns); otherwise its rows are orthonormal."""
+    return math.prod(shape[:-1]) >= shape[-1]
+
+
+def _gram(x: jax.Array) -> jax.Array:
+    """The smaller Gram matrix of the ``(rows, out)`` view: ``X^T X`` (``(out, out)``) for a
+    tall view, ``X X^T`` (shaped ``shape[:-1] * 2``) for a wide one.
+
+    A contraction of the kernel with itself on its own shape (no reshape), so a kernel sharded
+    along the contracted axes is reduced where it lives: the result is an all-reduce of the
+    small Gram matrix. On an Explicit mesh the Gram matrix is replicated.
+    """
+    out_sharding = P() if is_explicit(x) else None
+    axes = _lead(x) if _tall(x.shape) else (x.ndim - 1,)
+    return jnp.tensordot(x, x, axes=(axes, axes), precision=HIGHEST, out_sharding=out_sharding)
+
+
+def _times_gram(x: jax.Array, a: jax.Array) -> jax.Array:
+    """``X A`` (tall view, ``A`` of ``(out, out)``) or ``A X`` (wide view), on ``x``'s shape and
+    sharding."""
+    out_sharding = jax.typeof(x).sharding.spec if is_explicit(x) else None
+    if _tall(x.shape):
+        return jnp.tensordot(x, a, axes=1, precision=HIGHEST, out_sharding=out_sharding)
+    n = x.ndim - 1
+    return jnp.tensordot(a, x, axes=n, precision=HIGHEST, out_sharding=out_sharding)
+
+
+def _identity_like_gram(x: jax.Array) -> jax.Array:
+    if _tall(x.shape):
+        return jnp.eye(x.shape[-1], dtype=x.dtype)
+    rows = math.prod(x.shape[:-1])
+    return jnp.eye(rows, dtype=x.dtype).reshape(x.shape[:-1] * 2)
+
+
+def gram_deviation(w: jax.Array, scale: float) -> jax.Array:
+    """``max |G / scale^2 - I|`` for the smaller Gram matrix ``G`` of ``w``: how far its columns
+    (rows, for a wide kernel) are from orthonormal, times ``scale``."""
+    x = w.astype(accumulation_dtype(w.dtype)) / scale
+    return jnp.max(jnp.abs(_gram(x) - _identity_like_gram(x)))
+
+
+def polar(w: jax.Array, scale: float, tolerance: float) -> jax.Array:
+    """``scale`` times the orthogonal polar factor of ``w``: the nearest matrix with orthonormal
+    columns (rows, for a wide kernel), scaled.
+
+    .. math:: P(W) = s\\, U V^\\top \\quad\\text{for } W = U \\Sigma V^\\top
+
+    ``w`` itself is returned when `gram_deviation` is at most ``tolerance``; a zero kernel
+    stays zero.
+    """
+    matrix = as_matrix(w)
+    zero = jnp.all(matrix == 0)
+    feasible = gram_deviation(w, scale) <= tolerance
+    u, _, vh = svd(matrix, zero | feasible)
+    projected = scale * jnp.matmul(u, vh, precision=HIGHEST)
+    return jnp.where(feasible | zero, w, like(projected, w))
+
+
+# `newton_schulz` divides the kernel by its estimated largest singular value (over ``scale``)
+# beyond this: the iteration diverges above sqrt(3), and the estimate is a lower bound.
+NEWTON_SCHULZ_GUARD = 1.5
+
+
+def newton_schulz(
+    w: jax.Array, scale: float, n_iterations: int, sigma: jax.Array | None = None
+) -> jax.Array:
+    """``n_iterations`` Newton-Schulz (Bjorck-Bowie) steps towards ``scale`` times the polar
+    factor of ``w``.
+
+    .. math:: X_0 = W / s, \\qquad X_{k+1} = \\tfrac12 X_k (3 I - X_k^\\top X_k), \\qquad
+       P(W) \\approx s X_n
+
+    (``X_{k+1} = (3 I - X_k X_k^\\top) X_k / 2`` for a wide kernel: the same map, with the
+    smaller Gram matrix). Each singular value follows ``x -> x (3 - x^2) / 2``: an error
+    ``e = x - 1`` becomes about ``-1.5 e^2``, so a kernel that was on the set one step ago
+    converges in a few steps. The iteration converges for singular values of ``W / s`` in
+    ``(0, sqrt(3))`` and diverges above: given ``sigma``, an estimate of the largest singular
+    value of ``w``, ``X_0`` is divided by ``sigma / s`` where that exceeds
+    `NEWTON_SCHULZ_GUARD` (the polar factor is unchanged; the singular values then approach 1
+    from below). Only matrix products: two per step, on the kernel's own shape.
+    """
+    x = w.astype(accumulation_dtype(w.dtype)) / scale
+    if sigma is not None:
+        ratio = sigma.astype(x.dtype) / scale
+        large = ratio > NEWTON_SCHULZ_GUARD
+        x = x / jnp.where(large, ratio, 1)
+    for _ in range(n_iterations):
+        x = 1.5 * x - 0.5 * _times_gram(x, _gram(x))
+    return (scale * x).astype(w.dtype)
+
+
+def stiefel_tangent(w: jax.Array, g: jax.Array, scale: float) -> jax.Array:
+    """The orthogonal projection of ``g`` onto the tangent space at ``w`` of the scaled Stiefel
+    manifold ``{W : W^T W = s^2 I}`` (``W W^T = s^2 I`` for a wide kernel).
+
+    .. math:: P_W(G) = G - W \\operatorname{sym}(W^\\top G) / s^2, \\qquad
+       \\operatorname{sym}(A) = \\tfrac12 (A + A^\\top)
+
+    The tangent space is ``{Z : W^T Z + Z^T W = 0}`` and the normal space
+    ``{W S : S symmetric}``: with ``W^T W = s^2 I``, ``W^T P_W(G)`` is the skew part of
+    ``W^T G`` and ``G - P_W(G)`` lies in the normal space. For a wide kernel
+    ``P_W(G) = G - \\operatorname{sym}(G W^\\top) W / s^2``.
+    """
+    dtype = accumulation_dtype(w.dtype, g.dtype)
+    x, y = w.astype(dtype), g.astype(dtype)
+    tall = _tall(w.shape)
+    out_sharding = P() if is_explicit(x) else None
+    axes = _lead(x) if tall else (x.ndim - 1,)
+    cross = jnp.tensordot(x, y, axes=(axes, axes), precision=HIGHEST, out_sharding=out_sharding)
+    n = cross.ndim // 2
+    perm = tuple(range(n, 2 * n)) + tuple(range(n))
+    sym = (cross + jnp.transpose(cross, perm)) / (2 * scale * scale)
+    return (y - _times_gram(x, sym)).astype(g.dtype)

@@ -20,8 +20,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# ruff, then pyright (basedpyright, which brings its own Node; basic mode, configured in
+# pyproject.toml) over jaxcons/ and tests/typing/, the script that touches every public name.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check jaxcons tests benchmarks examples notebooks docs conftest.py
+	$(VENV)/bin/basedpyright
 
 # The docs site, warnings as errors. -E: a fresh environment every time, since an incremental
 # build would not repeat the warnings of pages it does not re-read.

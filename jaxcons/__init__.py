@@ -44,6 +44,7 @@ from jaxcons.constraints import RadialConstraint as RadialConstraint
 from jaxcons.constraints import Simplex as Simplex
 from jaxcons.constraints import SingularValueClip as SingularValueClip
 from jaxcons.constraints import SpectralNorm as SpectralNorm
+from jaxcons.constraints import Symmetric as Symmetric
 from jaxcons.constraints import TopK as TopK
 from jaxcons.constraints import UnitNorm as UnitNorm
 from jaxcons.constraints import clip as clip
@@ -60,6 +61,7 @@ from jaxcons.constraints import radial_constraint as radial_constraint
 from jaxcons.constraints import simplex as simplex
 from jaxcons.constraints import singular_value_clip as singular_value_clip
 from jaxcons.constraints import spectral_norm as spectral_norm
+from jaxcons.constraints import symmetric as symmetric
 from jaxcons.constraints import top_k as top_k
 from jaxcons.constraints import unit_norm as unit_norm
 from jaxcons.constraints._orthogonal import OrthogonalState as OrthogonalState
@@ -108,6 +110,7 @@ __all__ = [
     "SpectralNorm",
     "SpectralNormState",
     "StatefulConstraint",
+    "Symmetric",
     "TopK",
     "UnitNorm",
     "activity_penalty",
@@ -143,6 +146,7 @@ __all__ = [
     "simplex",
     "singular_value_clip",
     "spectral_norm",
+    "symmetric",
     "tangent",
     "top_k",
     "unit_norm",

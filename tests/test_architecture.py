@@ -219,3 +219,77 @@ def test_no_engine_module_names_a_catalogue_class(module):
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     names |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
     assert sorted(names & _catalogue_classes()) == []
+
+
+def _public_classes(module, base):
+    return [
+        getattr(module, n)
+        for n in module.__all__
+        if isinstance(getattr(module, n), type)
+        and issubclass(getattr(module, n), base)
+        and getattr(module, n) not in (jaxcons.Constraint, jaxcons.StatefulConstraint, base)
+        and n == getattr(module, n).__name__
+    ]
+
+
+CONSTRAINT_CLASSES = _public_classes(jaxcons.constraints, jaxcons.Constraint)
+REGULARIZER_CLASSES = _public_classes(jaxcons.regularizers, jaxcons.Regularizer)
+CONSTRAINT_FACTS = ("identifiers", "keras_equivalent", "traced_once", "convex", "elementwise_bounds")
+REGULARIZER_FACTS = ("identifiers", "keras_equivalent", "traced_once")
+
+
+def test_the_class_lists_are_complete():
+    assert len(CONSTRAINT_CLASSES) >= 17 and len(REGULARIZER_CLASSES) >= 6
+
+
+@pytest.mark.parametrize("cls", CONSTRAINT_CLASSES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("fact", CONSTRAINT_FACTS)
+def test_every_constraint_class_declares_its_facts(cls, fact):
+    assert fact in vars(cls), f"{cls.__name__} does not declare {fact} in its class body"
+
+
+@pytest.mark.parametrize("cls", REGULARIZER_CLASSES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("fact", REGULARIZER_FACTS)
+def test_every_regularizer_class_declares_its_facts(cls, fact):
+    assert fact in vars(cls), f"{cls.__name__} does not declare {fact} in its class body"
+
+
+@pytest.mark.parametrize(
+    ("namespace", "cls"),
+    [(jaxcons.constraints, c) for c in CONSTRAINT_CLASSES]
+    + [(jaxcons.regularizers, c) for c in REGULARIZER_CLASSES],
+    ids=lambda x: getattr(x, "__name__", ""),
+)
+def test_every_identifier_is_a_registered_name_and_the_first_a_module_alias(namespace, cls):
+    assert cls.identifiers, f"{cls.__name__} declares no identifiers"
+    alias = cls.identifiers[0]
+    assert getattr(namespace, alias, None) is cls, f"{namespace.__name__}.{alias} = {cls.__name__}"
+    assert getattr(jaxcons, alias, None) is cls, f"jaxcons.{alias} = {cls.__name__}"
+    assert getattr(jaxcons, cls.__name__, None) is cls, f"jaxcons.{cls.__name__}"
+    for name in (cls.__name__, *cls.identifiers):
+        assert name in namespace.__all__ or name in cls.identifiers[1:]
+        try:
+            built = namespace.get(name)
+        except ValueError as e:  # A class that needs arguments.
+            assert "needs arguments" in str(e)
+            continue
+        assert type(built) is cls
+
+
+def test_facts_are_not_inherited():
+    class Louder(jaxcons.MaxNorm):
+        def __call__(self, w):
+            return 2 * w
+
+    assert jaxcons.MaxNorm.traced_once and jaxcons.MaxNorm.convex
+    assert Louder.traced_once is False
+    assert Louder.convex is None
+    assert Louder.keras_equivalent is None
+    assert Louder.identifiers == ()
+
+
+@pytest.mark.parametrize("cls", CONSTRAINT_CLASSES, ids=lambda c: c.__name__)
+def test_traced_once_only_for_stateless_classes(cls):
+    if cls.traced_once:
+        assert not issubclass(cls, jaxcons.StatefulConstraint)
+        assert cls.init is jaxcons.Constraint.init

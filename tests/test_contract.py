@@ -44,7 +44,7 @@ from jaxcons.constraints import (
 DTYPES = [jnp.bfloat16, jnp.float16, jnp.float32]
 
 
-class Symmetric(Constraint):
+class Symmetrize(Constraint):
     """A custom constraint: the orthogonal projection onto symmetric matrices."""
 
     def __call__(self, w):
@@ -254,7 +254,8 @@ def _both(*predicates):
 
 
 def _symmetric(x, y, tol):
-    return bool(np.all(np.abs(y - y.T) <= tol * max(float(np.max(np.abs(y))), 1e-30)))
+    y_t = np.swapaxes(y, -1, -2)
+    return bool(np.all(np.abs(y - y_t) <= tol * max(float(np.max(np.abs(y))), 1e-30)))
 
 
 # --- strictly feasible inputs ---------------------------------------------------------------------
@@ -375,7 +376,7 @@ def _signed_permutation(s):
 
 def _symmetric_matrix(rng, shape):
     a = rng.normal(size=shape)
-    return (a + a.T) / 2
+    return (a + np.swapaxes(a, -1, -2)) / 2
 
 
 # --- the table ----------------------------------------------------------------------------------
@@ -462,11 +463,24 @@ ROWS = [
         transform_feasible=lambda x, y, tol: _newton_schulz(10.0, 3)(x.T, y.T, tol)),
     Row("plain_callable", lambda: lambda w: jnp.clip(w, 0, 1), (4, 3), _box(0, 1),
         lambda r, s: r.uniform(0.1, 0.9, size=s), exact=True),
-    Row("custom_subclass", Symmetric, (3, 3), _symmetric, _symmetric_matrix, exact=True),
+    Row("symmetric", jaxcons.Symmetric, (2, 3, 3), _symmetric, _symmetric_matrix),
+    Row("custom_subclass", Symmetrize, (3, 3), _symmetric, _symmetric_matrix, exact=True),
 ]
 
 IDS = [row.id for row in ROWS]
 param_rows = pytest.mark.parametrize("row", ROWS, ids=IDS)
+
+
+def test_the_table_covers_every_public_constraint():
+    public = {
+        name
+        for name in jaxcons.constraints.__all__
+        if isinstance(getattr(jaxcons.constraints, name), type)
+        and name == getattr(jaxcons.constraints, name).__name__
+    } - {"Constraint", "StatefulConstraint"}
+    covered = {type(row.make()).__name__ for row in ROWS}
+    missing = sorted(public - covered)
+    assert not missing, f"add a Row for {missing} to ROWS in tests/test_contract.py"
 
 
 def _eps(dtype):

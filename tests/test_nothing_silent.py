@@ -198,3 +198,56 @@ def test_clip_bounds_round_inward_for_narrow_floats(dtype):
 def test_float32_bounds_round_to_nearest_as_before():
     out = jaxcons.Clip(0.0, 0.3)(jnp.ones(1))
     assert out.dtype == jnp.float32 and float(out[0]) == float(np.float32(0.3))
+
+
+def test_a_constraint_whose_hook_is_misnamed_cannot_be_built():
+    # Keras layers name their hook `call`; here that would be a silent identity, which
+    # jaxcons.violations would then report as 0.0 on every parameter.
+    class Halve(jaxcons.Constraint):
+        def call(self, w):
+            return w / 2
+
+    with pytest.raises(
+        TypeError,
+        match=r"Halve subclasses jaxcons.Constraint but defines no __call__\(self, w\) or "
+        r"project\(self, w, state\), so it would leave every parameter unchanged .* It defines "
+        r"'call': the hook is __call__",
+    ):
+        Halve()
+
+
+def test_a_stateful_constraint_without_project_cannot_be_built():
+    class Counter(jaxcons.StatefulConstraint):
+        def init(self, w):
+            return jnp.zeros((), jnp.int32)
+
+    with pytest.raises(
+        TypeError,
+        match=r"Counter subclasses jaxcons.StatefulConstraint but defines no project\(\), so it "
+        r"would have no per-step projection",
+    ):
+        Counter()
+
+
+def test_a_regularizer_without_call_cannot_be_built():
+    class OnlyProx(jaxcons.Regularizer):
+        def prox(self, x, step):
+            return x
+
+    with pytest.raises(
+        TypeError,
+        match=r"OnlyProx subclasses jaxcons.Regularizer but defines no __call__\(self, x\), so it "
+        r"would add nothing to the loss\. It defines 'prox'",
+    ):
+        OnlyProx()
+
+
+def test_a_constraint_with_only_project_projects_when_called():
+    # `project` alone is enough: a direct call is one step from `init`'s state.
+    class Floor(jaxcons.Constraint):
+        def project(self, w, state):
+            return jnp.maximum(w, jnp.zeros((), w.dtype)), state
+
+    np.testing.assert_array_equal(Floor()(jnp.array([-1.0, 2.0])), [0.0, 2.0])
+    params = {"w": jnp.array([-1.0, 2.0])}
+    assert float(jaxcons.violations(params, {"w": Floor()})["w"]) == 1.0

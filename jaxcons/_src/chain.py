@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -131,6 +131,7 @@ def chain(
     opt_index = len(parts)
     parts.append(optimizer)
     if proximal is not None:
+        assert learning_rate is not None  # Checked above: proximal needs it.
         parts.append(proximal_transform(proximal, learning_rate, strict=strict))
     parts.append(
         _constrain(constraints, prefer=prefer, strict=strict, scratch=scratch, optional=True)
@@ -143,7 +144,8 @@ def chain(
             declarations(params, "constraint") or declarations(params, "regularizer")
         ):
             raise nothing_to_govern("chain", "constraint or regularizer")
-        state = tx.init(params)
+        # optax.chain's state is the tuple of its parts' states (typed as any OptState).
+        state = cast(tuple[Any, ...], tx.init(params))
         if _schedule_free(state[opt_index], top=True) and len(parts) != 3:
             raise ValueError(
                 "jaxcons.chain: proximal steps and tangent projections are not supported with "

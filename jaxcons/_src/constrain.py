@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -77,7 +77,9 @@ def _needs_no_correction(c: Constraint, p_dtype: Any, u_dtype: Any) -> bool:
     flushed to zero (still monotone, 0 still fixed); a NaN ``y`` keeps ``t`` either way. So
     the correction would never change ``t``.
     """
-    if any(b is not None and np.any(np.asarray(b) != 0) for b in c.elementwise_bounds):
+    bounds = c.elementwise_bounds
+    assert bounds is not None  # Only asked about boxes (see _feasible_delta).
+    if any(b is not None and np.any(np.asarray(b) != 0) for b in bounds):
         return False
     return wider_float(p_dtype, u_dtype) == np.dtype(u_dtype)
 
@@ -301,10 +303,17 @@ def _constrain(
             return _feasible_delta(c, p, y, u.dtype)
 
         out = map_governed(resolved_rules, updates, params, "constrain", project)
-        count = None if state.count is None else optax.safe_int32_increment(state.count)
+        # safe_int32_increment returns an array for an array (its stub says ArrayLike).
+        count = (
+            None if state.count is None else cast(jax.Array, optax.safe_int32_increment(state.count))
+        )
         return out, ConstrainState(new_states, new_scratch, count)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    # optax types a transform's state as any OptState pytree (one without None leaves); this
+    # update takes the ConstrainState its init makes.
+    return optax.GradientTransformation(
+        cast(optax.TransformInitFn, init_fn), cast(optax.TransformUpdateFn, update_fn)
+    )
 
 
 def _count(state: ConstrainState, path: str, c: Constraint) -> jax.Array:

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import jax
+import jax.core
 import jax.numpy as jnp
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -54,7 +55,7 @@ def distinct_spectrum(shape: tuple[int, ...], dtype: Any) -> jax.Array:
 def svd(matrix: jax.Array, unused: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The thin SVD of ``matrix``, or of a fixed well-conditioned matrix where ``unused``."""
     safe = jnp.where(unused, distinct_spectrum(matrix.shape, matrix.dtype), matrix)
-    return jnp.linalg.svd(safe, full_matrices=False)
+    return jnp.linalg.svd(safe, full_matrices=False, compute_uv=True)
 
 
 def compose(u: jax.Array, s: jax.Array, vh: jax.Array) -> jax.Array:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 PathPredicate = Callable[[str, Any], bool]
 
@@ -112,7 +112,8 @@ def compile_pattern(pattern: Any) -> tuple[str, PathPredicate]:
         return pattern, lambda path, leaf: compiled.fullmatch(path) is not None
     if callable(pattern):
         name = getattr(pattern, "__name__", None) or type(pattern).__name__
-        return f"<callable {name}>", pattern
+        # A user's predicate, documented as (path, leaf) -> bool.
+        return f"<callable {name}>", cast(PathPredicate, pattern)
     raise TypeError(
         "A path pattern must be a glob string, a 're:' regex string, or a callable "
         f"(path, leaf) -> bool; got {pattern!r} of type {type(pattern).__name__}."

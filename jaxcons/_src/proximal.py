@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -179,6 +179,10 @@ def proximal(
             return _prox_delta(r, _Label(path), p, u, step)
 
         out = map_governed(resolved_rules, updates, params, "proximal", prox_step)
-        return out, ProximalState(count=optax.safe_int32_increment(state.count))
+        # safe_int32_increment returns an array for an array (its stub says ArrayLike).
+        count = cast(jax.Array, optax.safe_int32_increment(state.count))
+        return out, ProximalState(count=count)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    # optax types a transform's state as any OptState; this update takes the ProximalState
+    # its init makes.
+    return optax.GradientTransformation(init_fn, cast(optax.TransformUpdateFn, update_fn))

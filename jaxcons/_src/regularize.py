@@ -82,8 +82,8 @@ def _regularize(
         return optax.EmptyState()
 
     def update_fn(
-        updates: optax.Updates, state: optax.EmptyState, params: optax.Params | None = None
-    ) -> tuple[optax.Updates, optax.EmptyState]:
+        updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, optax.OptState]:
         resolved_rules = governing.for_tree(require_params(params, "regularize"), again=False)
         if resolved_rules is None:
             return updates, state

@@ -91,7 +91,7 @@ class Rules:
 
     def __init__(
         self,
-        rules: RulesLike,
+        rules: RulesLike | Rules,
         *,
         coerce: Callable[[Any], Any] = lambda v: v,
         strict: bool = True,
@@ -179,13 +179,14 @@ class Rules:
                         break
                     if usable:
                         claimed_by[j] = None
-                elif usable and claimed_by[j] is not None:
-                    claimed_by[j].setdefault(first, path)
+                elif usable and (claimed := claimed_by[j]) is not None:
+                    claimed.setdefault(first, path)
             value = None
             if first is not None and usable:
                 value = self.entries[first].value
                 check = getattr(value, "check", None)
                 if value is not None and callable(check):
+                    assert not isinstance(leaf, optax.MaskedNode)  # It is usable: floating.
                     check(tuple(leaf.shape) if hasattr(leaf, "shape") else (), path)
             values.append(value)
         all_paths = [p for p, _ in flat]

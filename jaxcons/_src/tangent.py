@@ -87,8 +87,8 @@ def tangent(
         return optax.EmptyState()
 
     def update_fn(
-        updates: optax.Updates, state: optax.EmptyState, params: optax.Params | None = None
-    ) -> tuple[optax.Updates, optax.EmptyState]:
+        updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, optax.OptState]:
         def project(path: str, c: Any, p: jax.Array, u: jax.Array) -> jax.Array:
             _require_tangent(path, c)
             return check_like(f"The tangent projection of {c!r}", path, u, c.tangent(p, u))

@@ -8,6 +8,7 @@ matrix, orthogonal, intersection.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from jaxcons._src.base import Constraint as Constraint
@@ -21,6 +22,7 @@ from jaxcons.constraints._l1 import Simplex as Simplex
 from jaxcons.constraints._matrix import PSD as PSD
 from jaxcons.constraints._matrix import NuclearBall as NuclearBall
 from jaxcons.constraints._matrix import SingularValueClip as SingularValueClip
+from jaxcons.constraints._matrix import Symmetric as Symmetric
 from jaxcons.constraints._norms import MaxNorm as MaxNorm
 from jaxcons.constraints._norms import MinMaxNorm as MinMaxNorm
 from jaxcons.constraints._norms import UnitNorm as UnitNorm
@@ -45,6 +47,7 @@ radial_constraint = RadialConstraint
 simplex = Simplex
 singular_value_clip = SingularValueClip
 spectral_norm = SpectralNorm
+symmetric = Symmetric
 top_k = TopK
 unit_norm = UnitNorm
 
@@ -65,6 +68,7 @@ __all__ = [
     "SingularValueClip",
     "SpectralNorm",
     "StatefulConstraint",
+    "Symmetric",
     "TopK",
     "UnitNorm",
     "clip",
@@ -85,17 +89,10 @@ __all__ = [
     "simplex",
     "singular_value_clip",
     "spectral_norm",
+    "symmetric",
     "top_k",
     "unit_norm",
 ]
-
-# Every public constraint class of this namespace is a built-in: registered under its name and
-# its `identifiers`.
-_REGISTRY.add_builtins(
-    v
-    for k, v in list(globals().items())
-    if k in __all__ and isinstance(v, type) and v.__module__.startswith(__name__ + ".")
-)
 
 
 def get(identifier: Any) -> Any:
@@ -194,3 +191,12 @@ def register(cls: type | None = None, *, name: str | None = None) -> Any:
       Halve()
     """
     return _REGISTRY.register(cls, name=name)
+
+
+# Every public class of this namespace's own modules is a built-in: registered under its name
+# and its `identifiers`.
+_REGISTRY.add_builtins(
+    obj
+    for obj in (getattr(sys.modules[__name__], name) for name in __all__)
+    if isinstance(obj, type) and obj.__module__.startswith(__name__ + ".")
+)

@@ -1,5 +1,5 @@
-"""Constraints on a matrix's singular values or eigenvalues: `SingularValueClip`,
-`NuclearBall`, `PSD`."""
+"""Constraints on square or rectangular matrices: `SingularValueClip`, `NuclearBall`, `PSD`,
+`Symmetric`."""
 
 from __future__ import annotations
 
@@ -213,6 +213,59 @@ class PSD(Constraint):
 
     def get_config(self) -> dict[str, Any]:
         return {"min_eigenvalue": self.min_eigenvalue}
+
+
+class Symmetric(Constraint):
+    """Makes the last two axes symmetric: the orthogonal projection onto symmetric matrices.
+
+    For every square matrix ``W`` over the last two axes (batched over the leading ones):
+
+    .. math:: P(W) = \tfrac12 (W + W^\top)
+
+    the Frobenius-nearest symmetric matrix. The set is a linear subspace, so the projection
+    is linear: its derivative is itself, exact everywhere, and a symmetric matrix comes back
+    bit for bit. The sum runs in float32 for half-precision parameters (float64 for float64
+    ones), and the result is exactly symmetric in the parameter's dtype. Through
+    `jaxcons.tangent` an update is projected the same way (the tangent space of a subspace is
+    the subspace).
+
+    Used for weights that must be symmetric by construction: a Hopfield network's coupling
+    matrix, a quadratic form ``x^T W x``, a learned metric before `PSD` is wanted.
+
+    Raises:
+      ValueError: when applied, for a parameter of rank < 2 or whose last two axes differ in
+        size (naming its path and shape).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxcons
+      >>> jaxcons.Symmetric()(jnp.array([[1.0, 2.0], [0.0, 3.0]]))
+      Array([[1., 1.],
+             [1., 3.]], dtype=float32)
+    """
+
+    identifiers = ("symmetric",)
+    traced_once = True
+    convex = True
+    elementwise_bounds = None
+
+    def check(self, shape: tuple[int, ...], path: str) -> None:
+        where = f"parameter {path!r}" if path else "the array"
+        if len(shape) < 2 or shape[-1] != shape[-2]:
+            raise ValueError(
+                f"Symmetric needs square matrices over the last two axes (shape (..., n, n)), "
+                f"but {where} has shape {tuple(shape)}."
+            )
+
+    def __call__(self, w: jax.Array) -> jax.Array:
+        w = jnp.asarray(w)
+        self.check(w.shape, "")
+        x = w.astype(accumulation_dtype(w.dtype))
+        return ((x + jnp.swapaxes(x, -1, -2)) / 2).astype(w.dtype)
+
+    def tangent(self, w: jax.Array, g: jax.Array) -> jax.Array:
+        """The projection of an update ``g`` onto the symmetric matrices (the tangent space)."""
+        del w
+        return self(g)
 
 
 def clip_singular_values(w: jax.Array, min_value: float, max_value: float) -> jax.Array:

@@ -39,11 +39,15 @@ Example:
   Array([[0., 0., 0.]], dtype=float32)
 """
 
-from jaxcons.flax import nnx
-from jaxcons.flax._activity import ActivityLoss, ActivityRegularization, activity_losses
-from jaxcons.flax._boxes import Constrained, with_constraints
-from jaxcons.flax._declared import constraint_rules, regularizer_rules
-from jaxcons.flax._train_state import TrainState
+from jaxcons.flax import nnx as nnx
+from jaxcons.flax._activity import ActivityLoss as ActivityLoss
+from jaxcons.flax._activity import ActivityRegularization as ActivityRegularization
+from jaxcons.flax._activity import activity_losses as activity_losses
+from jaxcons.flax._boxes import Constrained as Constrained
+from jaxcons.flax._boxes import with_constraints as with_constraints
+from jaxcons.flax._declared import constraint_rules as constraint_rules
+from jaxcons.flax._declared import regularizer_rules as regularizer_rules
+from jaxcons.flax._train_state import TrainState as TrainState
 
 __all__ = [
     "ActivityLoss",

@@ -13,6 +13,7 @@ documentation promises.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from jaxcons._src.base import Regularizer as Regularizer
@@ -51,14 +52,6 @@ __all__ = [
     "register",
     "serialize",
 ]
-
-# Every public regularizer class of this namespace is a built-in: registered under its name and
-# its `identifiers`.
-_REGISTRY.add_builtins(
-    v
-    for k, v in list(globals().items())
-    if k in __all__ and isinstance(v, type) and v.__module__.startswith(__name__ + ".")
-)
 
 
 def get(identifier: Any) -> Any:
@@ -152,3 +145,12 @@ def register(cls: type | None = None, *, name: str | None = None) -> Any:
       SumSquares()
     """
     return _REGISTRY.register(cls, name=name)
+
+
+# Every public class of this namespace's own modules is a built-in: registered under its name
+# and its `identifiers`.
+_REGISTRY.add_builtins(
+    obj
+    for obj in (getattr(sys.modules[__name__], name) for name in __all__)
+    if isinstance(obj, type) and obj.__module__.startswith(__name__ + ".")
+)

@@ -53,7 +53,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"ArrayTree"),
     # Private names that public signatures mention: the rules type alias and the result of
     # `Rules.resolve`.
-    (r"py:.*", r"RulesLike|Resolution|jaxcons\._rules\.Resolution"),
+    (r"py:.*", r"RulesLike|Resolution|jaxcons\._src\.rules\.Resolution"),
 ]
 
 autodoc_member_order = "bysource"

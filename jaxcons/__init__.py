@@ -1,6 +1,6 @@
 """jaxcons: Keras-style weight constraints and regularizers for JAX, optax and flax.
 
-One flat namespace: the transforms and functions of the engine (`jaxcons._src`), and every
+One flat namespace: the transforms and functions of the engine (``jaxcons._src``), and every
 built-in constraint and regularizer with its Keras snake_case name. The registry functions
 (``get``, ``serialize``, ``deserialize``, ``register``) live in `jaxcons.constraints` and
 `jaxcons.regularizers`, as in Keras. The adapters (`jaxcons.flax`, `jaxcons.keras`) are

@@ -293,3 +293,11 @@ def test_traced_once_only_for_stateless_classes(cls):
     if cls.traced_once:
         assert not issubclass(cls, jaxcons.StatefulConstraint)
         assert cls.init is jaxcons.Constraint.init
+
+
+def test_every_package_directory_is_a_regular_package():
+    # setuptools' find_packages (pyproject.toml) ships only directories with an __init__.py.
+    for directory in [PACKAGE, *(p for p in PACKAGE.rglob("*") if p.is_dir())]:
+        if directory.name == "__pycache__" or not any(directory.glob("*.py")):
+            continue
+        assert (directory / "__init__.py").is_file(), directory

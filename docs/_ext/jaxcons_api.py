@@ -421,7 +421,7 @@ def _check_pages(app: Any, env: Any) -> None:
 
 
 def _public_bases(app: Any, name: str, obj: Any, options: Any, bases: list[Any]) -> None:
-    """Shows a private base class (``jaxcons._configurable.Configurable``) as its own bases."""
+    """Shows a private base class (``jaxcons._src.base.Configurable``) as its own bases."""
     expanded: list[Any] = []
     for base in bases:
         while _is_private(base) and base.__bases__ != (object,):

@@ -84,7 +84,7 @@ class Configurable:
 
     @classmethod
     def from_identifier(cls) -> Any:
-        """The object a string identifier of this class (`identifiers`) builds: ``cls()``."""
+        """The object a string identifier of this class (``identifiers``) builds: ``cls()``."""
         return cls()
 
     def check(self, shape: tuple[int, ...], path: str) -> None:
@@ -186,7 +186,7 @@ class Constraint(Configurable):
       means the set has no tangent space, and `jaxcons.tangent` rejects the constraint when
       it initialises.
 
-    Scalar hyper-parameters validated with ``jaxcons._schedules.schedulable`` may be optax
+    Scalar hyper-parameters validated with ``jaxcons._src.schedules.schedulable`` may be optax
     schedules; `jaxcons.constrain` evaluates them at its own step count through `at_step`.
 
     A subclass must define ``__call__`` or ``project``: one that defines neither would leave

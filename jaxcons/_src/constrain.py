@@ -195,7 +195,7 @@ def constrain(
     Speed: an elementwise constraint fuses into the kernel that ``optax.apply_updates`` runs.
     A constraint with a reduction (the column norms of `MaxNorm`) makes XLA keep
     ``x = p + u`` in a parameter-sized temporary; on GPU and TPU that costs next to nothing,
-    on CPU ``scratch=True`` turns it into reused, donated memory (see ``jaxcons._scratch`` and
+    on CPU ``scratch=True`` turns it into reused, donated memory (see ``jaxcons._src.scratch`` and
     ``benchmarks/train_step.py``) at the price of a state that holds one more copy of those
     parameters and whose structure follows the setting. The built-in stateless constraints
     are traced once per constraint, shape and dtypes rather than once per parameter, so a
@@ -305,12 +305,14 @@ def _constrain(
         out = map_governed(resolved_rules, updates, params, "constrain", project)
         # safe_int32_increment returns an array for an array (its stub says ArrayLike).
         count = (
-            None if state.count is None else cast(jax.Array, optax.safe_int32_increment(state.count))
+            None
+            if state.count is None
+            else cast(jax.Array, optax.safe_int32_increment(state.count))
         )
         return out, ConstrainState(new_states, new_scratch, count)
 
-    # optax types a transform's state as any OptState pytree (one without None leaves); this
-    # update takes the ConstrainState its init makes.
+    # optax types states as OptState, an array tree: a ConstrainState (whose count may be None)
+    # is a pytree but not one of those, and update takes only the state its init makes.
     return optax.GradientTransformation(
         cast(optax.TransformInitFn, init_fn), cast(optax.TransformUpdateFn, update_fn)
     )

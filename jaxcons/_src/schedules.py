@@ -35,7 +35,7 @@ class Scheduled:
 def schedulable(name: str, value: Any, check: Callable[[str, Any], float]) -> float | Scheduled:
     """Validates a hyper-parameter that may be a number or a schedule.
 
-    A number goes through ``check`` (e.g. `jaxcons._validation.real_number` with its bounds).
+    A number goes through ``check`` (e.g. `jaxcons._src.validation.real_number` with its bounds).
     A schedule is called at step 0 and that value goes through ``check``; later values are
     the schedule's own (an optax schedule stays between its end points).
 
@@ -58,3 +58,9 @@ def schedulable(name: str, value: Any, check: Callable[[str, Any], float]) -> fl
 def start(value: float | Scheduled) -> float:
     """A hyper-parameter's value at step 0: for checks between hyper-parameters."""
     return value.start if isinstance(value, Scheduled) else value
+
+
+# A hyper-parameter where a projection uses it: a number, or a schedule's value at a step (a
+# float32 scalar set by `Constraint.at_step`, which `jaxcons.constrain` applies first; the base
+# class rejects a direct call of a constraint that still holds a `Scheduled`).
+Evaluated = float | jax.Array

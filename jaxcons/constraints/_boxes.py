@@ -105,7 +105,9 @@ class Clip(Constraint):
 
     def check(self, shape: tuple[int, ...], path: str) -> None:
         shape = tuple(shape)
-        for name, bound in zip(("min_value", "max_value"), self.elementwise_bounds, strict=True):
+        bounds = self.elementwise_bounds
+        assert bounds is not None  # Set by __init__.
+        for name, bound in zip(("min_value", "max_value"), bounds, strict=True):
             if not isinstance(bound, np.ndarray):
                 continue
             try:
@@ -121,14 +123,18 @@ class Clip(Constraint):
     def __call__(self, w: jax.Array) -> jax.Array:
         w = jnp.asarray(w)
         self.check(w.shape, "<array>")
-        lo, hi = inward_bounds(*self.elementwise_bounds, w.dtype, w.ndim)
+        bounds = self.elementwise_bounds
+        assert bounds is not None  # Set by __init__.
+        lo, hi = inward_bounds(*bounds, w.dtype, w.ndim)
         return jnp.clip(w, lo, hi)
 
     def get_config(self) -> dict[str, Any]:
         return {"min_value": self.min_value, "max_value": self.max_value}
 
 
-def _check_ordered(lo: Bound, hi: Bound, min_value: Any, max_value: Any) -> None:
+def _check_ordered(
+    lo: float | np.ndarray, hi: float | np.ndarray, min_value: Any, max_value: Any
+) -> None:
     """Raises ``ValueError`` unless ``lo <= hi`` everywhere (they must broadcast together)."""
     if not isinstance(lo, np.ndarray) and not isinstance(hi, np.ndarray):
         if lo > hi:

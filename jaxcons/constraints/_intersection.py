@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +13,7 @@ import numpy as np
 from jaxcons._src.base import Constraint, StatefulConstraint
 from jaxcons._src.numerics import accumulation_dtype, inward_bounds
 from jaxcons._src.registry import CONSTRAINTS
+from jaxcons._src.schedules import Evaluated
 from jaxcons._src.validation import positive_int, resolve_axes
 from jaxcons.constraints._boxes import Clip, first_crossing
 from jaxcons.constraints._l1 import L1Ball
@@ -62,8 +63,12 @@ def _combined_box(members: tuple[Constraint, ...]) -> Clip:
             ) from None
         return float(out) if np.ndim(out) == 0 else out
 
-    lo = combine([c.elementwise_bounds[0] for c in members], np.maximum)
-    hi = combine([c.elementwise_bounds[1] for c in members], np.minimum)
+    boxes: list[tuple[Any, Any]] = []
+    for c in members:
+        assert c.elementwise_bounds is not None  # Every member is a box (the caller checks).
+        boxes.append(c.elementwise_bounds)
+    lo = combine([box[0] for box in boxes], np.maximum)
+    hi = combine([box[1] for box in boxes], np.minimum)
     if lo is not None and hi is not None:
         names = ", ".join(map(repr, members))
         crossing = first_crossing(
@@ -217,8 +222,11 @@ class Intersection(Constraint):
         if self._box_ball is not None:
             box, ball = self._box_ball
             axes = resolve_axes(ball.axis, w.shape, "<array>", "MaxNorm")
-            lo, hi = inward_bounds(*box.elementwise_bounds, accumulation_dtype(w.dtype), w.ndim)
-            return box(box_ball(w, lo, hi, ball._max, axes))  # The box again in w's dtype.
+            bounds = box.elementwise_bounds
+            assert bounds is not None  # A box around 0 (checked by __init__).
+            lo, hi = inward_bounds(*bounds, accumulation_dtype(w.dtype), w.ndim)
+            radius = cast(Evaluated, ball._max)
+            return box(box_ball(w, lo, hi, radius, axes))  # The box again in w's dtype.
         if len(self.constraints) == 1:
             return self.constraints[0](w)
         return dykstra(w, self.constraints, self.n_iter)
@@ -251,7 +259,7 @@ class Intersection(Constraint):
 
 
 def box_ball(
-    w: jax.Array, lower: Any, upper: Any, radius: float, axes: tuple[int, ...]
+    w: jax.Array, lower: Any, upper: Any, radius: Evaluated, axes: tuple[int, ...]
 ) -> jax.Array:
     """Projects every slice along ``axes`` onto ``{lower <= v <= upper, ||v||_2 <= radius}``.
 

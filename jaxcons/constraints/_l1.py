@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
 
 from jaxcons._src.base import Constraint
 from jaxcons._src.numerics import accumulation_dtype
-from jaxcons._src.schedules import schedulable
+from jaxcons._src.schedules import Evaluated, schedulable
 from jaxcons._src.validation import axis_argument, axis_config, positive_number, resolve_axes
 
 
@@ -75,7 +75,7 @@ class L1Ball(Constraint):
 
     def __call__(self, w: jax.Array) -> jax.Array:
         axes = resolve_axes(self.axis, jnp.shape(w), "<array>", type(self).__name__)
-        return l1_ball(w, self._radius, axes)
+        return l1_ball(w, cast(Evaluated, self._radius), axes)
 
     def get_config(self) -> dict[str, Any]:
         return {"radius": self.radius, "axis": axis_config(self.axis)}
@@ -132,7 +132,7 @@ class Simplex(Constraint):
 
     def __call__(self, w: jax.Array) -> jax.Array:
         axes = resolve_axes(self.axis, jnp.shape(w), "<array>", type(self).__name__)
-        return simplex(w, self._total, axes)
+        return simplex(w, cast(Evaluated, self._total), axes)
 
     def get_config(self) -> dict[str, Any]:
         return {"total": self.total, "axis": axis_config(self.axis)}
@@ -148,7 +148,7 @@ def threshold_iterations(dtype: Any) -> int:
     return int(jnp.finfo(accumulation_dtype(dtype)).nmant) + 8
 
 
-def _threshold(x: jax.Array, axes: tuple[int, ...], total: float) -> jax.Array:
+def _threshold(x: jax.Array, axes: tuple[int, ...], total: Evaluated) -> jax.Array:
     """The ``theta`` (per slice along ``axes``, keepdims) with ``sum(max(x - theta, 0)) = total``.
 
     ``f(t) = sum(max(x - t, 0))`` is convex, piecewise linear and decreasing, so Newton's
@@ -206,7 +206,7 @@ def _threshold(x: jax.Array, axes: tuple[int, ...], total: float) -> jax.Array:
     return (mass - total) / jnp.maximum(count, 1).astype(x.dtype)
 
 
-def l1_ball(w: jax.Array, radius: float, axes: tuple[int, ...]) -> jax.Array:
+def l1_ball(w: jax.Array, radius: Evaluated, axes: tuple[int, ...]) -> jax.Array:
     """Projects every slice of ``w`` along ``axes`` onto the L1 ball of radius ``radius > 0``.
 
     .. math:: P(v) = \\operatorname{sign}(v) \\max(|v| - \\theta, 0), \\quad
@@ -222,7 +222,7 @@ def l1_ball(w: jax.Array, radius: float, axes: tuple[int, ...]) -> jax.Array:
     return jnp.where(inside, w, y.astype(w.dtype))
 
 
-def simplex(w: jax.Array, total: float, axes: tuple[int, ...]) -> jax.Array:
+def simplex(w: jax.Array, total: Evaluated, axes: tuple[int, ...]) -> jax.Array:
     """Projects every slice of ``w`` along ``axes`` onto ``{v >= 0, sum(v) = total}``.
 
     .. math:: P(v) = \\max(v - \\theta, 0), \\quad \\textstyle\\sum_i \\max(v_i - \\theta, 0) = s

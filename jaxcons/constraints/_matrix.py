@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,7 @@ from jaxcons._src.linalg import (
     svd,
 )
 from jaxcons._src.numerics import accumulation_dtype
-from jaxcons._src.schedules import Scheduled, schedulable
+from jaxcons._src.schedules import Evaluated, Scheduled, schedulable
 from jaxcons._src.validation import positive_number, real_number
 
 
@@ -148,7 +148,7 @@ class NuclearBall(Constraint):
     def __call__(self, w: jax.Array) -> jax.Array:
         w = jnp.asarray(w)
         self.check(w.shape, "")
-        return nuclear_ball(w, self._radius)
+        return nuclear_ball(w, cast(Evaluated, self._radius))
 
     def get_config(self) -> dict[str, Any]:
         return {"radius": self.radius}
@@ -286,7 +286,7 @@ def clip_singular_values(w: jax.Array, min_value: float, max_value: float) -> ja
     return jnp.where(keep, w, like(projected, w))
 
 
-def _simplex_threshold(s: jax.Array, radius: float) -> jax.Array:
+def _simplex_threshold(s: jax.Array, radius: Evaluated) -> jax.Array:
     """``tau >= 0`` with ``sum(max(s - tau, 0)) == radius``, for ``s >= 0`` sorted descending
     with ``sum(s) > radius > 0`` (Duchi et al., 2008, on an already sorted vector)."""
     k = jnp.arange(1, s.shape[0] + 1, dtype=s.dtype)
@@ -295,7 +295,7 @@ def _simplex_threshold(s: jax.Array, radius: float) -> jax.Array:
     return (cumulative[support - 1] - radius) / support.astype(s.dtype)
 
 
-def nuclear_ball(w: jax.Array, radius: float) -> jax.Array:
+def nuclear_ball(w: jax.Array, radius: Evaluated) -> jax.Array:
     """The projection onto the nuclear-norm ball ``sum(singular values) <= radius``.
 
     .. math:: P(W) = U \\max(\\Sigma - \\tau, 0) V^\\top, \\qquad

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
 
 from jaxcons._src.base import Constraint
 from jaxcons._src.numerics import accumulation_dtype, safe_norm
-from jaxcons._src.schedules import schedulable, start
+from jaxcons._src.schedules import Evaluated, schedulable, start
 from jaxcons._src.validation import axis_argument, axis_config, real_number, resolve_axes
 
 
@@ -84,7 +84,7 @@ class MaxNorm(Constraint):
         _axes(self, shape, path)
 
     def __call__(self, w: jax.Array) -> jax.Array:
-        return max_norm(w, self._max, _axes(self, jnp.shape(w), "<array>"))
+        return max_norm(w, cast(Evaluated, self._max), _axes(self, jnp.shape(w), "<array>"))
 
     def get_config(self) -> dict[str, Any]:
         return {"max_value": self.max_value, "axis": axis_config(self.axis)}
@@ -161,7 +161,8 @@ class MinMaxNorm(Constraint):
 
     def __call__(self, w: jax.Array) -> jax.Array:
         axes = _axes(self, jnp.shape(w), "<array>")
-        return min_max_norm(w, self._min, self._max, self._rate, axes)
+        lo, hi = cast(Evaluated, self._min), cast(Evaluated, self._max)
+        return min_max_norm(w, lo, hi, cast(Evaluated, self._rate), axes)
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -248,7 +249,7 @@ def _rescale(
     return jnp.where(needs, (x * scale).astype(w.dtype), w)
 
 
-def max_norm(w: jax.Array, max_value: float, axes: tuple[int, ...]) -> jax.Array:
+def max_norm(w: jax.Array, max_value: Evaluated, axes: tuple[int, ...]) -> jax.Array:
     """Projects every vector along ``axes`` onto the ball of radius ``max_value``.
 
     .. math:: P(w) = w \\cdot \\min(1, c / \\|w\\|)
@@ -257,7 +258,7 @@ def max_norm(w: jax.Array, max_value: float, axes: tuple[int, ...]) -> jax.Array
 
 
 def min_max_norm(
-    w: jax.Array, min_value: float, max_value: float, rate: float, axes: tuple[int, ...]
+    w: jax.Array, min_value: Evaluated, max_value: Evaluated, rate: Evaluated, axes: tuple[int, ...]
 ) -> jax.Array:
     """Moves every non-zero vector's norm toward ``[min_value, max_value]`` by ``rate``.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -176,7 +176,8 @@ def top_k_mask(w: jax.Array, k: int, axes: tuple[int, ...]) -> jax.Array:
     rows = jnp.arange(flat.shape[0])[:, None]
     keep = jnp.zeros(flat.shape, bool).at[rows, index].set(True)
     keep = keep.reshape(moved.shape)
-    return jnp.transpose(keep, np.argsort(rest + axes))
+    # jnp.transpose takes any sequence of ints, an integer array too (its stub says Sequence).
+    return jnp.transpose(keep, cast(Sequence[int], np.argsort(rest + axes)))
 
 
 def n_of_m_mask(w: jax.Array, n: int, m: int, axis: int) -> jax.Array:

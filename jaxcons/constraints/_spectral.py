@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +17,7 @@ from jaxcons._src.linalg import (
     top_right_singular_vector,
 )
 from jaxcons._src.numerics import accumulation_dtype
-from jaxcons._src.schedules import Scheduled, schedulable
+from jaxcons._src.schedules import Evaluated, Scheduled, schedulable
 from jaxcons._src.validation import positive_int, positive_number
 
 
@@ -122,7 +122,7 @@ class SpectralNorm(StatefulConstraint):
 
     def __call__(self, w: jax.Array) -> jax.Array:
         w = jnp.asarray(w)
-        return clip_spectral_norm(w, exact_sigma(self._matrix(w)), self._max)
+        return clip_spectral_norm(w, exact_sigma(self._matrix(w)), cast(Evaluated, self._max))
 
     def init(self, w: jax.Array) -> SpectralNormState:
         """Returns the start of the power iteration: ``w``'s exact top right singular vector.
@@ -149,13 +149,13 @@ class SpectralNorm(StatefulConstraint):
         self.check(tuple(w.shape), "")
         kernel = w.astype(accumulation_dtype(w.dtype))
         sigma, u = power_iteration(kernel, state.u, self.n_power_iterations)
-        return clip_spectral_norm(w, sigma, self._max), SpectralNormState(u=u)
+        return clip_spectral_norm(w, sigma, cast(Evaluated, self._max)), SpectralNormState(u=u)
 
     def get_config(self) -> dict[str, Any]:
         return {"max_value": self.max_value, "n_power_iterations": self.n_power_iterations}
 
 
-def clip_spectral_norm(w: jax.Array, sigma: jax.Array, max_value: float) -> jax.Array:
+def clip_spectral_norm(w: jax.Array, sigma: jax.Array, max_value: Evaluated) -> jax.Array:
     """Returns ``w * min(1, max_value / sigma)`` in ``w``'s dtype, computed in >= f32.
 
     The factor is ``max_value / max(sigma, max_value)``, exactly ``1.0`` when ``sigma <=

@@ -63,12 +63,16 @@ class Constrained(flax.struct.PyTreeNode, meta.AxisMetadata):
 
         Makes ``nn.get_partition_spec`` and ``nn.get_sharding`` see through the box.
         """
-        inner = getattr(self.value, "get_partition_spec", None)
+        inner: Callable[[], jax.sharding.PartitionSpec] | None = getattr(
+            self.value, "get_partition_spec", None
+        )
         return inner() if callable(inner) else jax.sharding.PartitionSpec()
 
     def get_sharding(self, mesh: jax.sharding.Mesh) -> jax.sharding.Sharding:
         """The sharding of a boxed ``nn.Partitioned`` value on ``mesh``; replicated otherwise."""
-        inner = getattr(self.value, "get_sharding", None)
+        inner: Callable[[jax.sharding.Mesh], jax.sharding.Sharding] | None = getattr(
+            self.value, "get_sharding", None
+        )
         if callable(inner):
             return inner(mesh)
         return jax.sharding.NamedSharding(mesh, self.get_partition_spec())

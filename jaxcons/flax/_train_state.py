@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -145,15 +146,18 @@ class TrainState(train_state.TrainState):
           ValueError: for fp8 "overwrite with gradient" parameters, which this state does
             not support.
         """
-        if OVERWRITE_WITH_GRADIENT in grads:
+        # Structured like the params: a mapping (flax types them FrozenDict[str, Any]).
+        if OVERWRITE_WITH_GRADIENT in cast(Mapping[str, Any], grads):
             raise ValueError(
                 f"jaxcons.flax.TrainState does not support {OVERWRITE_WITH_GRADIENT!r} "
                 "(fp8) parameters; use flax's TrainState with jaxcons.constrain in tx."
             )
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
         plain = meta.unbox(self.params)
+        # A ConstrainState is an optax state, though not of optax's OptState type (a None
+        # count is no ArrayTree).
         updates, constraint_state = self.constraint_tx.update(
-            meta.unbox(updates), self.constraint_state, plain
+            meta.unbox(updates), cast(optax.OptState, self.constraint_state), plain
         )
         new_params = meta.replace_boxed(self.params, optax.apply_updates(plain, updates))
         return self.replace(

@@ -55,7 +55,7 @@ class OrthogonalRegularizer(Regularizer):
         self.factor = validation.factor("factor", factor)
         if not (isinstance(mode, str) and mode in ("rows", "columns")):
             raise ValueError(f"mode must be 'rows' or 'columns', got {mode!r}.")
-        self.mode = mode
+        self.mode: Literal["rows", "columns"] = mode
 
     def check(self, shape: tuple[int, ...], path: str) -> None:
         """Raises ``ValueError`` unless ``shape`` has rank 2."""

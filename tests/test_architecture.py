@@ -234,7 +234,13 @@ def _public_classes(module, base):
 
 CONSTRAINT_CLASSES = _public_classes(jaxcons.constraints, jaxcons.Constraint)
 REGULARIZER_CLASSES = _public_classes(jaxcons.regularizers, jaxcons.Regularizer)
-CONSTRAINT_FACTS = ("identifiers", "keras_equivalent", "traced_once", "convex", "elementwise_bounds")
+CONSTRAINT_FACTS = (
+    "identifiers",
+    "keras_equivalent",
+    "traced_once",
+    "convex",
+    "elementwise_bounds",
+)
 REGULARIZER_FACTS = ("identifiers", "keras_equivalent", "traced_once")
 
 

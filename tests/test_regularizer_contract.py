@@ -78,18 +78,35 @@ class Row:
 ROWS = [
     Row("l1", lambda: jaxcons.L1(0.05), (4, 3), _l1(0.05)),
     Row("l2", lambda: jaxcons.L2(0.1), (4, 3), _l2(0.1)),
-    Row("l1_l2", lambda: jaxcons.L1L2(0.05, 0.1), (4, 3),
-        lambda x: _l1(0.05)(x) + _l2(0.1)(x)),
-    Row("orthogonal_rows", lambda: jaxcons.OrthogonalRegularizer(0.3), (4, 3),
-        _orthogonal(0.3, "rows")),
-    Row("orthogonal_columns", lambda: jaxcons.OrthogonalRegularizer(0.3, "columns"), (4, 3),
-        _orthogonal(0.3, "columns")),
+    Row("l1_l2", lambda: jaxcons.L1L2(0.05, 0.1), (4, 3), lambda x: _l1(0.05)(x) + _l2(0.1)(x)),
+    Row(
+        "orthogonal_rows",
+        lambda: jaxcons.OrthogonalRegularizer(0.3),
+        (4, 3),
+        _orthogonal(0.3, "rows"),
+    ),
+    Row(
+        "orthogonal_columns",
+        lambda: jaxcons.OrthogonalRegularizer(0.3, "columns"),
+        (4, 3),
+        _orthogonal(0.3, "columns"),
+    ),
     Row("group_lasso", lambda: jaxcons.GroupLasso(0.2, axis=0), (4, 3), _group_lasso(0.2, 0)),
-    Row("group_lasso_conv", lambda: jaxcons.GroupLasso(0.2, axis=(0, 1, 2)), (3, 3, 2, 4),
-        _group_lasso(0.2, (0, 1, 2))),
+    Row(
+        "group_lasso_conv",
+        lambda: jaxcons.GroupLasso(0.2, axis=(0, 1, 2)),
+        (3, 3, 2, 4),
+        _group_lasso(0.2, (0, 1, 2)),
+    ),
     Row("nuclear_norm", lambda: jaxcons.NuclearNorm(0.1), (4, 3), _nuclear(0.1)),
-    Row("custom_subclass", Cubes, (4, 3), lambda x: float(np.sum(np.abs(x) ** 3)),
-        serializable=False, builtin=False),
+    Row(
+        "custom_subclass",
+        Cubes,
+        (4, 3),
+        lambda x: float(np.sum(np.abs(x) ** 3)),
+        serializable=False,
+        builtin=False,
+    ),
 ]
 param_rows = pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
 

@@ -66,7 +66,9 @@ def test_nnx_optimizer_with_explicit_rules_still_honours_declarations(adam):
 
 
 def test_jaxcons_chain_with_no_rules_honours_declared_constraints_and_regularizers():
-    chained = _nnx_train(jaxcons.chain(optax.sgd(0.01)), steps=2, scale=2.0)
+    chained = _nnx_train(
+        jaxcons.chain(optax.sgd(0.01), declared_regularizers="chain"), steps=2, scale=2.0
+    )
     by_hand = _nnx_train(
         optax.chain(jaxcons.regularize(), optax.sgd(0.01), jaxcons.constrain()), steps=2, scale=2.0
     )

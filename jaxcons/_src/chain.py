@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxcons._src.constrain import _constrain
-from jaxcons._src.declarations import declarations, nothing_to_govern
+from jaxcons._src.declarations import declarations, declared_paths, nothing_to_govern
 from jaxcons._src.proximal import proximal as proximal_transform
 from jaxcons._src.regularize import _regularize
 from jaxcons._src.rules import Rules, RulesLike
@@ -29,6 +29,7 @@ def chain(
     strict: bool | None = None,
     scratch: bool | None = None,
     tangent: bool | RulesLike | Rules | None = None,
+    declared_regularizers: str | None = None,
 ) -> optax.GradientTransformation:
     """Wraps an optimizer with jaxcons's transforms, each where it must go.
 
@@ -54,11 +55,19 @@ def chain(
     `jaxcons.constrain` would project only the interpolated params and the evaluated ones
     would leave the set.
 
-    The regularize and constrain parts are always there, so that regularizers and
-    constraints declared on the parameters (linen boxes, nnx variable metadata) are honoured
-    as soon as ``init`` sees them, with or without explicit rules (combined as in
-    `jaxcons.constrain`); with neither rules nor declarations they pass updates through. Its
-    state is the `optax.chain` state of the parts, in that order.
+    The regularize and constrain parts are always there, so that constraints declared on the
+    parameters (linen boxes, nnx variable metadata) are honoured as soon as ``init`` sees them,
+    with or without explicit rules (combined as in `jaxcons.constrain`); with neither rules
+    nor declarations they pass updates through. Its state is the `optax.chain` state of the
+    parts, in that order.
+
+    **Declared regularizers count once, in the loss**, by default: they are loss terms, as in
+    Keras, and `jaxcons.penalty` (or ``state.penalty`` of `jaxcons.flax.TrainState`) adds
+    them there. So the chain must be told what to do with them: ``init`` on parameters that
+    declare regularizers raises unless ``declared_regularizers`` is ``"loss"`` (the loss adds
+    ``jaxcons.penalty(...)``; the chain leaves them alone) or ``"chain"`` (the chain adds
+    their gradient, combined with ``regularizers``; then keep them out of the loss, or they
+    count twice).
 
     Args:
       optimizer: an `optax.GradientTransformation` (``optax.adam(1e-3)``, ...).
@@ -73,6 +82,9 @@ def chain(
         ``"declared"`` or ``"explicit"``.
       strict: passed to every part (``None``: each rule set's own default, ``True``).
       scratch: passed to `jaxcons.constrain`.
+      declared_regularizers: where regularizers declared on the parameters count: ``"loss"``
+        (in the loss, with `jaxcons.penalty`; the chain ignores them) or ``"chain"`` (their
+        gradient is added here); ``None`` (default): an error at ``init`` if any is declared.
       tangent: ``True`` to project the gradients onto the tangent spaces of the constraints'
         sets (`jaxcons.tangent` with the ``constraints`` rules; every governed constraint
         must have one, e.g. `UnitNorm`, `Orthogonal`), making the optimizer step Riemannian
@@ -124,8 +136,21 @@ def chain(
             f"jaxcons.chain got learning_rate={learning_rate!r} but no proximal rules: it is "
             "only used by proximal=; the optimizer has its own learning rate."
         )
+    if declared_regularizers not in (None, "loss", "chain"):
+        raise ValueError(
+            f"jaxcons.chain: declared_regularizers must be None, 'loss' or 'chain', got "
+            f"{declared_regularizers!r}."
+        )
     tangent_rules = _tangent_rules(tangent, constraints)
-    parts: list[Any] = [_regularize(regularizers, prefer=prefer, strict=strict, optional=True)]
+    parts: list[Any] = [
+        _regularize(
+            regularizers,
+            prefer=prefer,
+            strict=strict,
+            optional=True,
+            declared=declared_regularizers == "chain",
+        )
+    ]
     if tangent_rules is not None:
         parts.append(tangent_transform(tangent_rules, strict=strict))
     opt_index = len(parts)
@@ -140,9 +165,16 @@ def chain(
     given = constraints is not None or regularizers is not None or proximal is not None
 
     def init_fn(params: optax.Params) -> Any:
-        if not given and not (
-            declarations(params, "constraint") or declarations(params, "regularizer")
-        ):
+        declared = declared_paths(params, "regularizer")
+        if declared and declared_regularizers is None:
+            raise ValueError(
+                f"jaxcons.chain: the parameters declare regularizers ({', '.join(declared)}), "
+                "and declared regularizers count once. Say where: "
+                "declared_regularizers='loss' if the loss adds them (jaxcons.penalty(model) or "
+                "state.penalty(params)), or declared_regularizers='chain' to add their gradient "
+                "here instead (and keep them out of the loss)."
+            )
+        if not given and not (declarations(params, "constraint") or declared):
             raise nothing_to_govern("chain", "constraint or regularizer")
         # optax.chain's state is the tuple of its parts' states (typed as any OptState).
         state = cast(tuple[Any, ...], tx.init(params))

@@ -29,6 +29,13 @@ def declarations(tree: Any, key: str) -> int:
     return len(declared(tree, key))
 
 
+def declared_paths(tree: Any, key: str) -> list[str]:
+    """The paths of the parameters of ``tree`` that declare a ``key`` (none without flax)."""
+    if _flax() is None:
+        return []
+    return [path for path, _, _ in declared(tree, key)]
+
+
 def governing_rules(
     tree: Any,
     explicit: Rules | None,

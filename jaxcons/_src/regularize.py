@@ -67,16 +67,27 @@ def regularize(
 
 
 def _regularize(
-    rules: RulesLike | Rules | None, *, prefer: str | None, strict: bool | None, optional: bool
+    rules: RulesLike | Rules | None,
+    *,
+    prefer: str | None,
+    strict: bool | None,
+    optional: bool,
+    declared: bool = True,
 ) -> optax.GradientTransformation:
-    """`regularize`; with ``optional``, finding nothing to govern is no error."""
+    """`regularize`; with ``optional``, finding nothing to govern is no error; without
+    ``declared``, the explicit rules alone (declarations are counted elsewhere)."""
     explicit = None if rules is None else as_regularizer_rules(rules, strict=strict)
     governing = DeclaredRules(
         explicit, prefer, "regularizer", as_regularizer_rules, "regularize", optional
     )
 
+    def for_tree(params: optax.Params, *, again: bool) -> Rules | None:
+        if not declared:
+            return explicit if explicit is not None and len(explicit) else None
+        return governing.for_tree(params, again=again)
+
     def init_fn(params: optax.Params) -> optax.EmptyState:
-        resolved_rules = governing.for_tree(params, again=True)
+        resolved_rules = for_tree(params, again=True)
         if resolved_rules is not None:
             resolved_rules.resolve(params)
         return optax.EmptyState()
@@ -84,7 +95,7 @@ def _regularize(
     def update_fn(
         updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, optax.OptState]:
-        resolved_rules = governing.for_tree(require_params(params, "regularize"), again=False)
+        resolved_rules = for_tree(require_params(params, "regularize"), again=False)
         if resolved_rules is None:
             return updates, state
 

@@ -49,8 +49,27 @@ test-min: $(STAMP_MIN)
 demo: $(STAMP)
 	$(PY) examples/digits_demo.py --out demo_out
 
+# The training-step benchmark with the C library's malloc, then again with tcmalloc preloaded
+# where libtcmalloc_minimal.so.4 is installed (Debian/Ubuntu: libtcmalloc-minimal4): XLA:CPU
+# allocates its temporaries on every step, so the allocator moves CPU figures (BUILD.md, "CPU
+# allocator"). A candidate is used only if it preloads into this Python (right architecture).
+# BENCH_ARGS passes options, e.g. make bench BENCH_ARGS='--rounds 15'.
+BENCH_ARGS ?=
+TCMALLOC_CANDIDATES = $(shell { ldconfig -p || /sbin/ldconfig -p; } 2>/dev/null | \
+	awk '$$1 == "libtcmalloc_minimal.so.4" { print $$NF }') \
+	$(wildcard /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib/libtcmalloc_minimal.so.4 \
+	/usr/lib64/libtcmalloc_minimal.so.4 /usr/local/lib/libtcmalloc_minimal.so.4)
+PRELOADS := import sys; sys.exit("libtcmalloc" not in open("/proc/self/maps").read())
+
 bench: $(STAMP)
-	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/train_step.py $(BENCH_ARGS)
+	@for lib in $(TCMALLOC_CANDIDATES); do \
+	  if LD_PRELOAD=$$lib $(PY) -c '$(PRELOADS)' 2>/dev/null; then \
+	    echo "LD_PRELOAD=$$lib $(PY) benchmarks/train_step.py $(BENCH_ARGS)"; \
+	    LD_PRELOAD=$$lib $(PY) benchmarks/train_step.py $(BENCH_ARGS); exit $$?; \
+	  fi; \
+	done; \
+	echo "bench: no libtcmalloc_minimal.so.4 found, so no run with tcmalloc (Debian/Ubuntu: apt-get install libtcmalloc-minimal4)"
 
 clean:
 	rm -rf $(VENV) $(VENV_MIN) demo_out .pytest_cache .ruff_cache .hypothesis

@@ -33,9 +33,16 @@ cases but Keras). For
 every compiled step, ``memory_analysis()`` gives the XLA temporary-buffer size and
 ``cost_analysis()`` XLA's count of bytes accessed (its estimate of the memory traffic).
 
-Run: ``make bench`` or ``python benchmarks/train_step.py [--config memory|compute|all]
-[--rounds N] [--json PATH]``. The defaults follow the device: more rounds on GPU/TPU, where
-one step takes far less time.
+The first line printed (``env`` in the JSON) names the versions, the device, the CPUs and
+the ``malloc`` of the process: ``tcmalloc``, ``jemalloc`` or ``mimalloc`` when one is mapped
+into it (``LD_PRELOAD`` or linked), else ``glibc malloc``. XLA:CPU allocates its temporaries on
+every step, so on CPU the allocator moves the figures of the memory-bound step.
+
+Run: ``make bench`` (this script with the default allocator, then again with
+``libtcmalloc_minimal.so.4`` preloaded where it is installed) or ``python
+benchmarks/train_step.py [--config memory|compute|all] [--rounds N] [--json PATH]``, with
+``LD_PRELOAD=/path/to/libtcmalloc_minimal.so.4`` in front for tcmalloc. The defaults follow
+the device: more rounds on GPU/TPU, where one step takes far less time.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ import functools
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -348,8 +356,38 @@ def print_table(
         )
 
 
+ALLOCATORS = {"tcmalloc": "libtcmalloc", "jemalloc": "libjemalloc", "mimalloc": "libmimalloc"}
+
+
+def allocator() -> dict[str, Any]:
+    """Which ``malloc`` this process uses: tcmalloc, jemalloc or mimalloc if one is mapped.
+
+    A library is found in ``/proc/self/maps`` (mapped into the process, preloaded or linked)
+    or, where that file does not exist, in ``LD_PRELOAD``; ``allocator_preloaded`` says whether
+    ``LD_PRELOAD`` names it. Otherwise the C library's own: ``glibc malloc`` on glibc Linux.
+    XLA:CPU allocates its temporaries with ``malloc`` on every call, so the allocator moves
+    the figures of a memory-bound step (BUILD.md, "CPU allocator").
+    """
+    preload = [p for p in re.split(r"[\s:]+", os.environ.get("LD_PRELOAD", "")) if p]
+    try:
+        with open("/proc/self/maps") as f:  # address perms offset dev inode [path]
+            mapped = sorted({fields[5] for fields in map(str.split, f) if len(fields) > 5})
+    except OSError:  # Not Linux: trust LD_PRELOAD alone.
+        mapped = preload
+    for name, stem in ALLOCATORS.items():
+        found = [path for path in mapped if os.path.basename(path).startswith(stem)]
+        if found:
+            path = found[0]
+            preloaded = any(os.path.basename(p).startswith(stem) for p in preload)
+            return {"allocator": name, "allocator_library": path, "allocator_preloaded": preloaded}
+    libc = platform.libc_ver()[0]
+    default = "glibc malloc" if libc == "glibc" else f"{libc or platform.system()} system malloc"
+    return {"allocator": default, "allocator_library": None, "allocator_preloaded": False}
+
+
 def environment(details: str = "") -> dict[str, Any]:
-    """Prints, and returns, what the figures are measured on: versions, device, CPUs.
+    """Prints, and returns, what the figures are measured on: versions, device, CPUs and the
+    ``malloc`` in use (:func:`allocator`).
 
     ``details`` (the run's configuration) is appended to the printed line.
     """
@@ -363,11 +401,17 @@ def environment(details: str = "") -> dict[str, Any]:
         "device_count": jax.device_count(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
+        **allocator(),
     }
+    malloc = env["allocator"]
+    if env["allocator_library"]:
+        how = "LD_PRELOAD" if env["allocator_preloaded"] else "linked"
+        malloc += f" ({how} {env['allocator_library']})"
     print(
         f"jax {env['jax']}, optax {env['optax']}, jaxcons {env['jaxcons']}; device "
         f"{env['platform']}:{env['device_kind']} ({env['device_count']} devices); "
-        f"{env['cpu_count']} CPUs; Python {env['python']}" + (f"; {details}" if details else ""),
+        f"{env['cpu_count']} CPUs; Python {env['python']}; allocator {malloc}"
+        + (f"; {details}" if details else ""),
         flush=True,
     )
     return env

@@ -26,14 +26,34 @@ Those rules go where any jaxcons rules go:
 Activity regularizers act on a layer's outputs, not on a parameter, so they have no rule:
 convert one with `from_keras` and add `jaxcons.activity_penalty` of the layer's output to the
 loss.
+
+**Backend.** Keras picks its backend when it is first imported, from ``KERAS_BACKEND`` (its
+default is TensorFlow, which a JAX user rarely has installed). Importing this module before
+Keras selects the JAX backend (``KERAS_BACKEND=jax``) unless that variable is already set;
+with Keras already loaded on another backend, the import raises ``ImportError`` saying what to
+set.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any
 
+if "keras" not in sys.modules:
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+
 import keras
+
+if keras.backend.backend() != "jax":
+    raise ImportError(
+        f"jaxcons.keras needs Keras on its JAX backend, but Keras runs on "
+        f"{keras.backend.backend()!r} (KERAS_BACKEND={os.environ.get('KERAS_BACKEND')!r}). Set "
+        "KERAS_BACKEND=jax before Keras is first imported: in the shell, or with "
+        "os.environ['KERAS_BACKEND'] = 'jax' at the top of the script, before any import of "
+        "keras."
+    )
 
 import jaxcons
 from jaxcons._src.patterns import exact_pattern

@@ -251,3 +251,65 @@ def test_a_constraint_with_only_project_projects_when_called():
     np.testing.assert_array_equal(Floor()(jnp.array([-1.0, 2.0])), [0.0, 2.0])
     params = {"w": jnp.array([-1.0, 2.0])}
     assert float(jaxcons.violations(params, {"w": Floor()})["w"]) == 1.0
+
+
+def test_a_parameter_reshaped_between_init_and_update_is_named(adam):
+    tx = jaxcons.chain(adam(0.1), constraints={"w": jaxcons.MaxNorm(1.0)})
+    state = tx.init({"w": jnp.ones((4, 3)), "b": jnp.ones(3)})
+    params = {"w": jnp.ones((5, 3)), "b": jnp.ones(3)}
+    with pytest.raises(
+        ValueError,
+        match=r"jaxcons.chain: parameter 'w' has shape \(5, 3\), but the optimizer state was "
+        r"initialised for shape \(4, 3\)\. A parameter whose shape changes needs a new "
+        r"optimizer state: state = tx.init\(params\)\.",
+    ):
+        tx.update(params, state, params)
+
+
+def test_updates_of_another_shape_than_the_params_are_named(adam):
+    tx = jaxcons.chain(adam(0.1), constraints={"w": jaxcons.MaxNorm(1.0)})
+    params = {"w": jnp.ones((4, 3))}
+    state = tx.init(params)
+    with pytest.raises(
+        ValueError,
+        match=r"jaxcons.chain: the update of parameter 'w' has shape \(3, 4\), but the parameter "
+        r"has shape \(4, 3\)",
+    ):
+        tx.update({"w": jnp.ones((3, 4))}, state, params)
+
+
+def test_a_stateful_constraint_state_from_another_shape_is_named():
+    tx = jaxcons.constrain({"w": jaxcons.SpectralNorm(1.0)})
+    old = tx.init({"w": jnp.eye(4, 3)})
+    params = {"w": jnp.eye(4, 5)}
+    with pytest.raises(
+        ValueError,
+        match=r"jaxcons.constrain: the state of SpectralNorm\(.*\) for parameter 'w' \(shapes "
+        r"\[\(3,\)\]\) was not made for a parameter of shape \(4, 5\) and dtype float32 \(its "
+        r"init makes shapes \[\(5,\)\]\)\. A parameter whose shape changes needs a new optimizer "
+        r"state",
+    ):
+        tx.update({"w": jnp.zeros((4, 5))}, old, params)
+
+
+def test_chain_of_multisteps_says_how_to_combine_them():
+    with pytest.raises(
+        TypeError,
+        match=r"jaxcons.chain needs an optax.GradientTransformation as its first argument, got "
+        r".*MultiSteps.*is not one itself: wrap the whole chain, optax.MultiSteps\(jaxcons.chain"
+        r"\(opt, \.\.\.\), every_k_schedule=k\)\.gradient_transformation\(\)",
+    ):
+        jaxcons.chain(optax.MultiSteps(optax.sgd(0.1), every_k_schedule=2))
+
+
+def test_frozen_dict_params_with_dict_grads_through_chain_get_jaxcons_message(adam):
+    params = flax.core.freeze({"dense": {"kernel": jnp.ones((2, 2))}})
+    tx = jaxcons.chain(adam(0.1), constraints={"**/kernel": jaxcons.MaxNorm(1.0)})
+    state = tx.init(params)
+    grads = {"dense": {"kernel": jnp.ones((2, 2))}}
+    with pytest.raises(
+        ValueError,
+        match=r"jaxcons.chain: the updates do not have the structure of the params \(at the top "
+        r"level the params have a FrozenDict, the updates a dict\)",
+    ):
+        tx.update(grads, state, params)

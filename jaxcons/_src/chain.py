@@ -15,7 +15,7 @@ from jaxcons._src.proximal import proximal as proximal_transform
 from jaxcons._src.regularize import _regularize
 from jaxcons._src.rules import Rules, RulesLike
 from jaxcons._src.tangent import tangent as tangent_transform
-from jaxcons._src.updates import require_params
+from jaxcons._src.updates import check_updates_like_params, leaf_shapes, require_params
 
 
 def chain(
@@ -118,7 +118,14 @@ def chain(
     """
     if not isinstance(optimizer, optax.GradientTransformation):
         hint = ""
-        if callable(optimizer):
+        if hasattr(optimizer, "gradient_transformation"):
+            hint = (
+                f" ({type(optimizer).__name__} is not one itself: wrap the whole chain, "
+                f"optax.MultiSteps(jaxcons.chain(opt, ...), every_k_schedule=k)"
+                ".gradient_transformation(), so that the constraints act once per real step; "
+                "or pass ms.gradient_transformation() here)"
+            )
+        elif callable(optimizer):
             hint = " (an optimizer factory such as optax.adam must be called: optax.adam(1e-3))"
         elif isinstance(optimizer, (dict, list, tuple)):
             hint = " (rules go in constraints=, regularizers= or proximal=)"
@@ -164,7 +171,11 @@ def chain(
     tx = optax.chain(*parts)
     given = constraints is not None or regularizers is not None or proximal is not None
 
+    shapes_at_init: dict[str, tuple[int, ...]] = {}
+
     def init_fn(params: optax.Params) -> Any:
+        shapes_at_init.clear()
+        shapes_at_init.update(leaf_shapes(params))
         declared = declared_paths(params, "regularizer")
         if declared and declared_regularizers is None:
             raise ValueError(
@@ -188,6 +199,7 @@ def chain(
     def update_fn(
         updates: optax.Updates, state: Any, params: optax.Params | None = None
     ) -> tuple[optax.Updates, Any]:
+        check_updates_like_params(updates, require_params(params, "chain"), "chain", shapes_at_init)
         if not _schedule_free(state[opt_index], top=True):
             return tx.update(updates, state, params)
         return _schedule_free_update(parts, updates, state, params)

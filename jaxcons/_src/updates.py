@@ -117,6 +117,43 @@ def _aligned_updates(
         ) from None
 
 
+def leaf_shapes(params: optax.Params) -> dict[str, tuple[int, ...]]:
+    """``{path: shape}`` of every array leaf of ``params``."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_masked)
+    return {path_str(k): tuple(jnp.shape(v)) for k, v in leaves if not is_masked(v)}
+
+
+def check_updates_like_params(
+    updates: optax.Updates,
+    params: optax.Params,
+    transform: str,
+    shapes_at_init: dict[str, tuple[int, ...]] | None = None,
+) -> None:
+    """Raises ``ValueError`` naming the parameter when ``updates`` do not match ``params``
+    leaf by leaf (containers, shapes), or when a parameter's shape is not the one the state
+    was initialised for (``shapes_at_init``, as `leaf_shapes` gave it at ``init``).
+    """
+    p_leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=is_masked)
+    u_leaves = _aligned_updates(updates, params, treedef, transform)
+    for path, shape in leaf_shapes(params).items():
+        then = None if shapes_at_init is None else shapes_at_init.get(path)
+        if then is not None and then != shape:
+            raise ValueError(
+                f"jaxcons.{transform}: parameter {path!r} has shape {shape}, but the optimizer "
+                f"state was initialised for shape {then}. A parameter whose shape changes "
+                "needs a new optimizer state: state = tx.init(params)."
+            )
+    paths = list(leaf_shapes(params))
+    arrays = [(p, u) for p, u in zip(p_leaves, u_leaves, strict=True) if not is_masked(p)]
+    for path, (p, u) in zip(paths, arrays, strict=True):
+        if not is_masked(u) and jnp.shape(u) != jnp.shape(p):
+            raise ValueError(
+                f"jaxcons.{transform}: the update of parameter {path!r} has shape "
+                f"{tuple(jnp.shape(u))}, but the parameter has shape {tuple(jnp.shape(p))}: "
+                "the updates (gradients) must match the params leaf by leaf."
+            )
+
+
 def map_governed(
     rules: Rules,
     updates: optax.Updates,

@@ -9,7 +9,7 @@ STAMP_MIN := $(VENV_MIN)/.installed
 PYTEST_WORKERS ?= 2
 CHECK_PYTHON := $(PYTHON) -c 'import sys; sys.exit(None if sys.version_info >= (3, 11) else "jaxcons needs Python >= 3.11 (jax 0.8.1 does); got " + sys.version.split()[0] + ": run make PYTHON=python3.11 ...")'
 
-.PHONY: install test test-min lint docs demo bench notebooks clean
+.PHONY: install test test-min test-explore lint docs demo bench notebooks clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(CHECK_PYTHON)
@@ -31,8 +31,14 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(PY) -m sphinx -E -W --keep-going -q -b html docs docs/_build/html
 
+# Hypothesis runs derandomized here (the `ci` profile, tests/conftest.py): the same examples on
+# every run, so the result does not depend on luck. `make test-explore` draws fresh ones.
 test: $(STAMP) lint docs
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --nbmake jaxcons tests notebooks
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --hypothesis-profile=ci --nbmake jaxcons tests notebooks
+
+# The property tests only (pytest's `hypothesis` marker), with random examples and more of them.
+test-explore: $(STAMP)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m hypothesis --hypothesis-profile=explore tests
 
 # The declared version floors (pyproject.toml) exactly, from constraints-min.txt: unit tests and
 # doctests (BUILD.md, "Version floors").
@@ -44,7 +50,7 @@ $(STAMP_MIN): pyproject.toml constraints-min.txt
 	touch $(STAMP_MIN)
 
 test-min: $(STAMP_MIN)
-	$(VENV_MIN)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup jaxcons tests
+	$(VENV_MIN)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --hypothesis-profile=ci jaxcons tests
 
 demo: $(STAMP)
 	$(PY) examples/digits_demo.py --out demo_out

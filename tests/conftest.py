@@ -13,7 +13,11 @@ holds the one way:
   the test cannot swap out (the demo's ``main``, the README's blocks), and code that mixes
   dtypes on purpose (bf16 params with float32 updates, Python float leaves).
 
-It also holds ``assert_trees_equal``, the tree comparison that several files share.
+It also holds ``assert_trees_equal``, the tree comparison that several files share, and the
+hypothesis profiles: ``ci`` (derandomized: every run draws the same examples, so a green CI does
+not depend on luck; ``make test`` and ``make test-min`` select it) and ``explore`` (random
+examples, more of them: ``make test-explore``). Without ``--hypothesis-profile`` hypothesis's
+own defaults apply.
 """
 
 from __future__ import annotations
@@ -24,9 +28,13 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import hypothesis
 import numpy as np
 import optax
 import pytest
+
+hypothesis.settings.register_profile("ci", derandomize=True, print_blob=True)
+hypothesis.settings.register_profile("explore", max_examples=200, print_blob=True)
 
 
 @functools.wraps(optax.adam)

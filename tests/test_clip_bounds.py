@@ -14,7 +14,7 @@ import ml_dtypes
 import numpy as np
 import optax
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import jaxcons
@@ -249,11 +249,22 @@ def test_one_sided_upper_bound_through_constrain():
 _F16 = st.floats(-4.0, 4.0, width=16)
 
 
+def _holds_a_bf16_value(lo, hi):
+    """Whether [lo, hi] holds a bfloat16 value (ml_dtypes rounding, float64 comparisons)."""
+    first = np.float64(ml_dtypes.bfloat16(lo))
+    if first < lo:
+        first = np.float64(np.nextafter(ml_dtypes.bfloat16(lo), ml_dtypes.bfloat16(np.inf)))
+    return first <= hi
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     st.lists(st.tuples(_F16, _F16, st.floats(-1e4, 1e4, width=32)), min_size=3, max_size=3),
     st.integers(0, 2),
 )
+# The example that reached CI by chance (2026-12-06): a = b makes the box [2.4396875,
+# 2.4496875], narrower than one bf16 step there and holding no bf16 value.
+@example(rows=[(2.4296875, 2.4296875, 0.0), (0.0, 1.0, 1.0), (-1.0, 0.0, -1.0)], sided=0)
 def test_bf16_params_with_float32_updates_stay_in_array_boxes(rows, sided):
     # Bounds: one per column, as floats that bf16 usually cannot represent (rounded inward).
     lows = np.array([min(a, b) for a, b, _ in rows]) + 0.01
@@ -261,6 +272,15 @@ def test_bf16_params_with_float32_updates_stay_in_array_boxes(rows, sided):
     lo, hi = [(lows, highs), (lows, None), (None, highs)][sided]
     c = Clip(lo, hi)
     start = np.array([[a, b, u] for a, b, u in rows], np.float32).T[:2]  # (2, 3)
+    if lo is not None and hi is not None and not all(map(_holds_a_bf16_value, lo, hi)):
+        # No bf16 value lies in some box: no projection exists, and saying so is the contract.
+        with pytest.raises(ValueError, match=r"holds no bfloat16 value"):
+            c(jnp.asarray(start, jnp.bfloat16))
+        params = {"w": jnp.zeros((2, 3), jnp.bfloat16)}
+        tx = jaxcons.constrain({"w": c})
+        with pytest.raises(ValueError, match=r"so parameter 'w' cannot be projected onto it"):
+            tx.update({"w": jnp.zeros((2, 3))}, tx.init(params), params)
+        return
     params = {"w": c(jnp.asarray(start, jnp.bfloat16))}  # Start feasible.
     step = np.broadcast_to(np.array([u for _, _, u in rows], np.float32), (2, 3))
     tx = jaxcons.constrain({"w": c})
@@ -272,3 +292,49 @@ def test_bf16_params_with_float32_updates_stay_in_array_boxes(rows, sided):
         assert np.all(new >= lo)
     if hi is not None:
         assert np.all(new <= hi)
+
+
+def test_a_box_that_holds_no_value_of_the_dtype_names_the_element_bounds_and_dtype():
+    c = Clip([0.0, 2.4396875], [1.0, 2.4496875])
+    with pytest.raises(
+        ValueError,
+        match=r"The box \[2.4396875, 2.4496875\] of element \(1,\) of the bounds holds no "
+        r"bfloat16 value \(it lies between the consecutive bfloat16 values 2.4375 and "
+        r"2.453125\), so the array cannot be projected onto it: widen the box to hold a "
+        r"bfloat16 value, or use a wider dtype\.",
+    ):
+        c(jnp.ones((2, 2), jnp.bfloat16))
+    # float32 has values there: the same box is fine.
+    assert float(c(jnp.ones((2, 2), jnp.float32))[0, 1]) >= 2.4396875
+
+
+def test_a_box_that_holds_no_value_names_the_parameter_through_constrain():
+    c = Clip([0.0, 2.4396875], [1.0, 2.4496875])
+    params = {"layer": {"w": jnp.ones((2, 2), jnp.bfloat16)}}
+    tx = jaxcons.constrain({"**/w": c})
+    with pytest.raises(ValueError, match=r"so parameter 'layer/w' cannot be projected onto it"):
+        tx.update({"layer": {"w": jnp.zeros((2, 2), jnp.bfloat16)}}, tx.init(params), params)
+    with pytest.raises(ValueError, match=r"so parameter 'layer/w' cannot be projected onto it"):
+        jaxcons.violations(params, {"**/w": c})
+
+
+def test_violations_measure_against_the_true_bounds():
+    # float32's nearest value to 0.3 lies above 0.3: outside Clip(max_value=0.3), by 1.2e-8.
+    # It measures the distance to the projection, which lies inside the true box: the float32
+    # just below 0.3.
+    above = jnp.asarray(np.float32(0.3))[None]
+    assert float(np.float32(0.3)) > 0.3
+    below = np.nextafter(np.float32(0.3), np.float32(0.0))
+    assert float(below) < 0.3
+    gap = float(jaxcons.violations({"w": above}, {"w": Clip(max_value=0.3)})["w"])
+    assert gap == float(np.float32(0.3)) - float(below)
+    # The projection rounds the bound inward, so a projected parameter measures 0.
+    projected = Clip(max_value=0.3)(jnp.ones(3))
+    assert float(np.max(np.asarray(projected, np.float64))) <= 0.3
+    assert float(jaxcons.violations({"w": projected}, {"w": Clip(max_value=0.3)})["w"]) == 0.0
+    # A bf16 entry 0.002 below a lower bound measures its distance to the first bf16 inside.
+    low = jnp.asarray([2.4375], jnp.bfloat16)
+    gap = float(jaxcons.violations({"w": low}, {"w": Clip(2.4396875, 2.5)})["w"])
+    first_inside = np.nextafter(ml_dtypes.bfloat16(2.4375), ml_dtypes.bfloat16(np.inf))
+    assert float(first_inside) >= 2.4396875
+    assert gap == float(first_inside) - 2.4375

@@ -421,11 +421,13 @@ def violations(
     .. math:: v(w) = \\max_i |w_i - P(w)_i|
 
     It is exactly ``0.0`` for a parameter its projection leaves unchanged: the built-in
-    projections return feasible input bit for bit. A parameter just projected onto a norm
-    bound can measure a few ulps (its norm computes as ``1.0000001`` and a second projection
-    moves it by an ulp); a constraint that is not a projection (``MinMaxNorm(rate < 1)``)
-    measures its next step. Pure and jit-compatible; the cost is one projection per governed
-    leaf (an SVD for `SpectralNorm`).
+    projections return feasible input bit for bit. For a box (`NonNeg`, `Clip`) the
+    projection rounds each bound inward, so it lies inside the true bounds and a parameter
+    outside them (a float32 ``0.3`` above ``Clip(max_value=0.3)``) never measures ``0.0``.
+    A parameter just projected onto a norm bound can measure a few ulps (its norm computes as
+    ``1.0000001`` and a second projection moves it by an ulp); a constraint that is not a
+    projection (``MinMaxNorm(rate < 1)``) measures its next step. Pure and jit-compatible; the
+    cost is one projection per governed leaf (an SVD for `SpectralNorm`).
 
     Args:
       params: the parameter pytree (declarations are honoured, as in `apply_constraints`).
@@ -457,3 +459,4 @@ def violations(
         gap = jnp.abs(w.astype(dtype) - call_leaf(c, path, w).astype(dtype))
         out[path] = jnp.max(gap) if w.size else jnp.zeros((), dtype)
     return out
+

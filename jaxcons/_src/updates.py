@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxcons._src.base import Constraint
-from jaxcons._src.numerics import wider_float
+from jaxcons._src.numerics import inward_bounds, wider_float
 from jaxcons._src.rules import Rules
 from jaxcons._src.tree import is_masked, path_str
 
@@ -38,8 +38,17 @@ def check_like(what: str, path: str, w: jax.Array, y: Any) -> jax.Array:
     return y
 
 
+def check_box(c: Constraint, path: str, w: jax.Array) -> None:
+    """Raises ``ValueError`` naming the parameter when ``c``'s elementwise box holds no value
+    of ``w``'s dtype somewhere (see `jaxcons._src.numerics.inward_bounds`)."""
+    bounds = getattr(c, "elementwise_bounds", None)
+    if bounds is not None:
+        inward_bounds(*bounds, w.dtype, w.ndim, where=f"parameter {path!r}")
+
+
 def call_leaf(c: Constraint, path: str, w: jax.Array) -> jax.Array:
     """``c(w)`` for the parameter at ``path``, checked to keep ``w``'s shape and dtype."""
+    check_box(c, path, w)
     return check_like(f"The constraint {c!r}", path, w, c(w))
 
 
@@ -50,6 +59,7 @@ def project_leaf(c: Constraint, path: str, w: jax.Array, state: Any) -> tuple[ja
       ValueError: naming the parameter and the constraint, for an output of another shape or
         dtype, or a new state whose tree structure differs from the old one's.
     """
+    check_box(c, path, w)
     result = c.project(w, state)
     if not (isinstance(result, tuple) and len(result) == 2):
         raise ValueError(

@@ -650,3 +650,22 @@ def test_inside_constrain(row, wrapper):
             np.testing.assert_allclose(np.asarray(new["other"]), expected_other, rtol=1e-6)
             params = new
     assert len(traces) == 1
+
+
+@param_rows
+def test_the_constrained_step_lowers_for_cuda_and_tpu(row):
+    # No device is needed to lower: a CPU-only construct in a projection, a certificate or a
+    # fallback (a host callback, a CPU-only custom call) fails here rather than on a GPU.
+    c = row.make()
+    w = jnp.asarray(row.feasible_input(np.random.default_rng(0), row.shape), jnp.float32)
+    params = {"w": w}
+    tx = optax.chain(optax.sgd(0.1), jaxcons.constrain({"w": c}))
+    state = tx.init(params)
+
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    exported = jax.export.export(jax.jit(step), platforms=("cuda", "tpu"))(params, state, params)
+    assert exported.platforms == ("cuda", "tpu")
+    assert "callback" not in exported.mlir_module()

@@ -18,6 +18,7 @@ from jaxcons._src.scratch import new_buffers, write_scratch
 from jaxcons._src.tree import is_masked
 from jaxcons._src.updates import (
     call_leaf,
+    check_state_fits,
     landing,
     map_governed,
     project_leaf,
@@ -298,7 +299,7 @@ def _constrain(
                 x = new_scratch[path] = write_scratch(state.scratch[path], x)
             leaf_state = state.constraint_states.get(path, optax.EmptyState())
             if path in state.constraint_states:
-                _check_state_fits(c, path, p, leaf_state)
+                check_state_fits(c, path, p, leaf_state)
             y, leaf_state = project_leaf(c, path, x, leaf_state)
             if path in state.constraint_states:
                 new_states[path] = leaf_state
@@ -318,25 +319,6 @@ def _constrain(
     return optax.GradientTransformation(
         cast(optax.TransformInitFn, init_fn), cast(optax.TransformUpdateFn, update_fn)
     )
-
-
-def _check_state_fits(c: Constraint, path: str, p: jax.Array, leaf_state: Any) -> None:
-    """Raises ``ValueError`` naming the parameter when its state is not what ``c.init`` makes
-    for a parameter of ``p``'s shape and dtype (a state kept from another shape)."""
-    expected = jax.eval_shape(c.init, jax.ShapeDtypeStruct(p.shape, p.dtype))
-
-    def described(tree: Any) -> list[tuple[tuple[int, ...], Any]]:
-        return [(tuple(jnp.shape(x)), jnp.result_type(x)) for x in jax.tree_util.tree_leaves(tree)]
-
-    same = jax.tree_util.tree_structure(expected) == jax.tree_util.tree_structure(leaf_state)
-    if not same or described(expected) != described(leaf_state):
-        raise ValueError(
-            f"jaxcons.constrain: the state of {c!r} for parameter {path!r} (shapes "
-            f"{[s for s, _ in described(leaf_state)]}) was not made for a parameter of shape "
-            f"{tuple(p.shape)} and dtype {p.dtype} (its init makes shapes "
-            f"{[s for s, _ in described(expected)]}). A parameter whose shape changes needs a "
-            "new optimizer state: state = tx.init(params)."
-        )
 
 
 def _count(state: ConstrainState, path: str, c: Constraint) -> jax.Array:

@@ -204,3 +204,22 @@ def update_delta(p: jax.Array, y: jax.Array, u_dtype: Any) -> jax.Array:
     """
     wide = wider_float(p.dtype, u_dtype)
     return (y.astype(wide) - p.astype(wide)).astype(u_dtype)
+
+
+def check_state_fits(c: Constraint, path: str, p: jax.Array, leaf_state: Any) -> None:
+    """Raises ``ValueError`` naming the parameter when its state is not what ``c.init`` makes
+    for a parameter of ``p``'s shape and dtype (a state kept from another shape)."""
+    expected = jax.eval_shape(c.init, jax.ShapeDtypeStruct(p.shape, p.dtype))
+
+    def described(tree: Any) -> list[tuple[tuple[int, ...], Any]]:
+        return [(tuple(jnp.shape(x)), jnp.result_type(x)) for x in jax.tree_util.tree_leaves(tree)]
+
+    same = jax.tree_util.tree_structure(expected) == jax.tree_util.tree_structure(leaf_state)
+    if not same or described(expected) != described(leaf_state):
+        raise ValueError(
+            f"jaxcons.constrain: the state of {c!r} for parameter {path!r} (shapes "
+            f"{[s for s, _ in described(leaf_state)]}) was not made for a parameter of shape "
+            f"{tuple(p.shape)} and dtype {p.dtype} (its init makes shapes "
+            f"{[s for s, _ in described(expected)]}). A parameter whose shape changes needs a "
+            "new optimizer state: state = tx.init(params)."
+        )

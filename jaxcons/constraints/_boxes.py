@@ -82,9 +82,9 @@ class Clip(Constraint):
       >>> import jax.numpy as jnp, jaxcons
       >>> jaxcons.Clip(0.0, 1.0)(jnp.array([-0.5, 0.25, 2.0]))
       Array([0.  , 0.25, 1.  ], dtype=float32)
-      >>> jaxcons.Clip(max_value=[1.0, 0.1])(jnp.array([[3.0, 3.0], [-5.0, 0.05]]))
-      Array([[ 1.  ,  0.1 ],
-             [-5.  ,  0.05]], dtype=float32)
+      >>> jaxcons.Clip(max_value=[1.0, 0.5])(jnp.array([[3.0, 3.0], [-5.0, 0.25]]))
+      Array([[ 1.  ,  0.5 ],
+             [-5.  ,  0.25]], dtype=float32)
     """
 
     identifiers = ("clip",)

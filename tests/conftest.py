@@ -27,8 +27,8 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import hypothesis
+import jax
 import numpy as np
 import optax
 import pytest

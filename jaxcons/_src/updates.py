@@ -43,7 +43,8 @@ def check_box(c: Constraint, path: str, w: jax.Array) -> None:
     of ``w``'s dtype somewhere (see `jaxcons._src.numerics.inward_bounds`)."""
     bounds = getattr(c, "elementwise_bounds", None)
     if bounds is not None:
-        inward_bounds(*bounds, w.dtype, w.ndim, where=f"parameter {path!r}")
+        lower, upper = bounds
+        inward_bounds(lower, upper, w.dtype, w.ndim, where=f"parameter {path!r}")
 
 
 def call_leaf(c: Constraint, path: str, w: jax.Array) -> jax.Array:

@@ -8,6 +8,8 @@ state are donated. Cases, each against plain ``optax.adam(1e-3)`` at the same si
   SingularValueClip  one SVD per step (the exact projection), 512 and 2048
   NuclearBall        one SVD per step, 2048
   PSD                one eigendecomposition per step, 2048 (the kernel is square)
+  SpectralNorm       the default (one power iteration per step, warm-started from the state)
+                     and n_power_iterations=5, 512 and 2048
 
 Every case lives in one process and is timed round-robin (one step of every case per round,
 the first case rotated each round); reported: median step time and ratios of medians against
@@ -49,6 +51,8 @@ def cases_for(n: int) -> dict[str, Any]:
     """``name -> (constraint or None)`` at size ``n``; starts inside each set."""
     out: dict[str, Any] = {f"adam {n}": None, f"Orthogonal {n}": jaxcons.Orthogonal()}
     out[f"SingularValueClip {n}"] = jaxcons.SingularValueClip(0.0, 1.0)
+    out[f"SpectralNorm {n}"] = jaxcons.SpectralNorm(1.0)
+    out[f"SpectralNorm(n=5) {n}"] = jaxcons.SpectralNorm(1.0, n_power_iterations=5)
     if n >= 2048:
         out[f"NuclearBall {n}"] = jaxcons.NuclearBall(float(n) / 4)
         out[f"PSD {n}"] = jaxcons.PSD()

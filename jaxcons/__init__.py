@@ -27,6 +27,7 @@ from jaxcons._src.proximal import proximal as proximal
 from jaxcons._src.regularize import regularize as regularize
 from jaxcons._src.rules import Rules as Rules
 from jaxcons._src.rules import mask as mask
+from jaxcons._src.spectral_bound import spectral_norm_bound as spectral_norm_bound
 from jaxcons._src.tangent import tangent as tangent
 from jaxcons._src.tree import path_str as path_str
 from jaxcons._src.tree import paths as paths
@@ -146,6 +147,7 @@ __all__ = [
     "simplex",
     "singular_value_clip",
     "spectral_norm",
+    "spectral_norm_bound",
     "symmetric",
     "tangent",
     "top_k",

@@ -132,8 +132,12 @@ def test_default_configs_match_keras():
 
 @pytest.mark.parametrize(
     ("name", "cls"),
-    [("max_norm", MaxNorm), ("min_max_norm", MinMaxNorm), ("non_neg", NonNeg),
-     ("unit_norm", UnitNorm)],
+    [
+        ("max_norm", MaxNorm),
+        ("min_max_norm", MinMaxNorm),
+        ("non_neg", NonNeg),
+        ("unit_norm", UnitNorm),
+    ],
 )
 def test_shortcut_names_match_keras(name, cls):
     import jaxcons

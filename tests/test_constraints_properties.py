@@ -185,9 +185,7 @@ def kernels(draw):
 
 def is_ring_constant(k: np.ndarray) -> bool:
     ring = rings(k.shape[0])
-    return all(
-        np.all(k[ring == r] == k[ring == r][:1]) for r in range(int(ring.max()) + 1)
-    )
+    return all(np.all(k[ring == r] == k[ring == r][:1]) for r in range(int(ring.max()) + 1))
 
 
 @SETTINGS
@@ -203,8 +201,9 @@ def test_radial_mean_projection(k, data):
         gap = out[ring == r].sum(0, dtype=np.float64) - k[ring == r].sum(0, dtype=np.float64)
         assert np.all(np.abs(gap) <= 1e-5 * scale)
     # Nearest ring-constant kernel: no closer than a random ring-constant z.
-    values = data.draw(hnp.arrays(np.float64, (int(ring.max()) + 1, *k.shape[2:]),
-                                  elements=st.floats(-1e3, 1e3)))
+    values = data.draw(
+        hnp.arrays(np.float64, (int(ring.max()) + 1, *k.shape[2:]), elements=st.floats(-1e3, 1e3))
+    )
     z = values[ring]
     k64 = k.astype(np.float64)
     assert np.sum((k64 - out) ** 2) <= np.sum((k64 - z) ** 2) * (1 + 1e-5) + 1e-3

@@ -399,70 +399,193 @@ class Row:
 
 
 ROWS = [
-    Row("non_neg", NonNeg, (4, 3), _box(0, np.inf), lambda r, s: np.abs(r.normal(size=s)) + 0.1,
-        exact=True),
-    Row("clip", lambda: Clip(-0.5, 0.5), (4, 3), _box(-0.5, 0.5),
-        lambda r, s: r.uniform(-0.4, 0.4, size=s), exact=True),
-    Row("max_norm", lambda: MaxNorm(2.0), (4, 3), _max_norm(2.0, [0]),
-        _feasible_vectors([0], 0.5, 1.5)),
-    Row("max_norm_conv", lambda: MaxNorm(1.0, axis=[0, 1, 2]), (3, 3, 2, 4),
-        _max_norm(1.0, [0, 1, 2]), _feasible_vectors([0, 1, 2], 0.3, 0.7)),
-    Row("min_max_norm", lambda: MinMaxNorm(0.5, 1.5), (4, 3), _min_max_norm(0.5, 1.5, [0]),
-        _feasible_vectors([0], 0.8, 1.2)),
-    Row("min_max_norm_rate", lambda: MinMaxNorm(0.5, 1.5, rate=0.5), (4, 3),
-        _min_max_norm_rate(0.5, 1.5, 0.5, [0]), _feasible_vectors([0], 0.8, 1.2),
-        idempotent=False),
+    Row(
+        "non_neg",
+        NonNeg,
+        (4, 3),
+        _box(0, np.inf),
+        lambda r, s: np.abs(r.normal(size=s)) + 0.1,
+        exact=True,
+    ),
+    Row(
+        "clip",
+        lambda: Clip(-0.5, 0.5),
+        (4, 3),
+        _box(-0.5, 0.5),
+        lambda r, s: r.uniform(-0.4, 0.4, size=s),
+        exact=True,
+    ),
+    Row(
+        "max_norm",
+        lambda: MaxNorm(2.0),
+        (4, 3),
+        _max_norm(2.0, [0]),
+        _feasible_vectors([0], 0.5, 1.5),
+    ),
+    Row(
+        "max_norm_conv",
+        lambda: MaxNorm(1.0, axis=[0, 1, 2]),
+        (3, 3, 2, 4),
+        _max_norm(1.0, [0, 1, 2]),
+        _feasible_vectors([0, 1, 2], 0.3, 0.7),
+    ),
+    Row(
+        "min_max_norm",
+        lambda: MinMaxNorm(0.5, 1.5),
+        (4, 3),
+        _min_max_norm(0.5, 1.5, [0]),
+        _feasible_vectors([0], 0.8, 1.2),
+    ),
+    Row(
+        "min_max_norm_rate",
+        lambda: MinMaxNorm(0.5, 1.5, rate=0.5),
+        (4, 3),
+        _min_max_norm_rate(0.5, 1.5, 0.5, [0]),
+        _feasible_vectors([0], 0.8, 1.2),
+        idempotent=False,
+    ),
     Row("unit_norm", UnitNorm, (4, 3), _unit_norm([0]), _signed_one_hot),
     Row("radial", RadialConstraint, (3, 3, 2, 4), _ring_constant, _ring_constant_kernel),
     Row("radial_even", RadialConstraint, (4, 4, 1, 2), _ring_constant, _ring_constant_kernel),
-    Row("radial_tf_keras", lambda: RadialConstraint(mode="tf_keras"), (3, 3, 2, 4),
-        _ring_constant, _ring_constant_kernel, exact=True, idempotent=False,
-        keeps_feasible=False),
-    Row("spectral_norm", lambda: SpectralNorm(1.0), (4, 3), _spectral(1.0), _small_spectrum,
-        transform_feasible=_spectral_power_iteration(1.0)),
-    Row("clip_one_sided", lambda: Clip(max_value=0.5), (4, 3), _box(-np.inf, 0.5),
-        lambda r, s: r.uniform(-2.0, 0.4, size=s), exact=True),
-    Row("clip_array", lambda: Clip([-0.5, -0.125, 0.0], [0.5, 0.25, 1.0]), (4, 3),
+    Row(
+        "radial_tf_keras",
+        lambda: RadialConstraint(mode="tf_keras"),
+        (3, 3, 2, 4),
+        _ring_constant,
+        _ring_constant_kernel,
+        exact=True,
+        idempotent=False,
+        keeps_feasible=False,
+    ),
+    Row(
+        "spectral_norm",
+        lambda: SpectralNorm(1.0),
+        (4, 3),
+        _spectral(1.0),
+        _small_spectrum,
+        transform_feasible=_spectral_power_iteration(1.0),
+    ),
+    Row(
+        "clip_one_sided",
+        lambda: Clip(max_value=0.5),
+        (4, 3),
+        _box(-np.inf, 0.5),
+        lambda r, s: r.uniform(-2.0, 0.4, size=s),
+        exact=True,
+    ),
+    Row(
+        "clip_array",
+        lambda: Clip([-0.5, -0.125, 0.0], [0.5, 0.25, 1.0]),
+        (4, 3),
         _box(np.array([-0.5, -0.125, 0.0]), np.array([0.5, 0.25, 1.0])),
         lambda r, s: np.array([-0.4, -0.1, 0.1]) + r.uniform(0, 1, size=s) * [0.8, 0.3, 0.8],
-        exact=True),
+        exact=True,
+    ),
     Row("l1_ball", lambda: L1Ball(1.0), (4, 3), _l1_ball(1.0, [0]), _feasible_l1([0], 0.3, 0.9)),
-    Row("l1_ball_whole", lambda: L1Ball(2.0, axis=None), (3, 3, 2, 4),
-        _l1_ball(2.0, [0, 1, 2, 3]), _feasible_l1([0, 1, 2, 3], 0.5, 1.5)),
-    Row("simplex", Simplex, (4, 3), _simplex(1.0, [0]), _on_simplex,
-        at_zero=lambda shape: np.full(shape, 1.0 / shape[0])),
+    Row(
+        "l1_ball_whole",
+        lambda: L1Ball(2.0, axis=None),
+        (3, 3, 2, 4),
+        _l1_ball(2.0, [0, 1, 2, 3]),
+        _feasible_l1([0, 1, 2, 3], 0.5, 1.5),
+    ),
+    Row(
+        "simplex",
+        Simplex,
+        (4, 3),
+        _simplex(1.0, [0]),
+        _on_simplex,
+        at_zero=lambda shape: np.full(shape, 1.0 / shape[0]),
+    ),
     Row("top_k", lambda: TopK(5), (4, 3), _top_k(5, [0, 1]), _sparse(lambda s: 5), exact=True),
-    Row("top_k_columns", lambda: TopK(2, axis=0), (4, 3), _top_k(2, [0]),
-        lambda r, s: _two_of_four(r, s), exact=True),
+    Row(
+        "top_k_columns",
+        lambda: TopK(2, axis=0),
+        (4, 3),
+        _top_k(2, [0]),
+        lambda r, s: _two_of_four(r, s),
+        exact=True,
+    ),
     Row("n_of_m", NofM, (8, 3), _n_of_m(2, 4), _two_of_four, exact=True),
-    Row("intersection_boxes", lambda: Intersection(NonNeg(), Clip(-0.5, 0.5)), (4, 3),
-        _box(0.0, 0.5), lambda r, s: r.uniform(0.05, 0.45, size=s), exact=True),
-    Row("intersection_orthant_ball", lambda: Intersection(NonNeg(), MaxNorm(1.0)), (4, 3),
+    Row(
+        "intersection_boxes",
+        lambda: Intersection(NonNeg(), Clip(-0.5, 0.5)),
+        (4, 3),
+        _box(0.0, 0.5),
+        lambda r, s: r.uniform(0.05, 0.45, size=s),
+        exact=True,
+    ),
+    Row(
+        "intersection_orthant_ball",
+        lambda: Intersection(NonNeg(), MaxNorm(1.0)),
+        (4, 3),
         _both(_box(0.0, np.inf), _max_norm(1.0, [0])),
-        lambda r, s: np.abs(_feasible_vectors([0], 0.3, 0.9)(r, s))),
-    Row("intersection_box_ball", lambda: Intersection(MaxNorm(1.0), Clip(-0.5, 0.5)), (4, 3),
+        lambda r, s: np.abs(_feasible_vectors([0], 0.3, 0.9)(r, s)),
+    ),
+    Row(
+        "intersection_box_ball",
+        lambda: Intersection(MaxNorm(1.0), Clip(-0.5, 0.5)),
+        (4, 3),
         _both(_box(-0.5, 0.5), _max_norm(1.0, [0])),
-        lambda r, s: np.clip(_feasible_vectors([0], 0.3, 0.9)(r, s), -0.4, 0.4)),
-    Row("intersection_dykstra", lambda: Intersection(Simplex(), Clip(max_value=0.5)), (4, 3),
-        _both(_simplex(1.0, [0]), _box(-np.inf, 0.5)), _capped_simplex,
-        at_zero=lambda shape: np.full(shape, 1.0 / shape[0])),
-    Row("singular_value_clip", SingularValueClip, (4, 3), _singular_band(0.0, 1.0),
-        _with_singular_values(0.2, 0.9)),
-    Row("singular_value_clip_band", lambda: SingularValueClip(0.5, 1.0), (4, 3),
-        _singular_band(0.5, 1.0), _with_singular_values(0.6, 0.9)),
+        lambda r, s: np.clip(_feasible_vectors([0], 0.3, 0.9)(r, s), -0.4, 0.4),
+    ),
+    Row(
+        "intersection_dykstra",
+        lambda: Intersection(Simplex(), Clip(max_value=0.5)),
+        (4, 3),
+        _both(_simplex(1.0, [0]), _box(-np.inf, 0.5)),
+        _capped_simplex,
+        at_zero=lambda shape: np.full(shape, 1.0 / shape[0]),
+    ),
+    Row(
+        "singular_value_clip",
+        SingularValueClip,
+        (4, 3),
+        _singular_band(0.0, 1.0),
+        _with_singular_values(0.2, 0.9),
+    ),
+    Row(
+        "singular_value_clip_band",
+        lambda: SingularValueClip(0.5, 1.0),
+        (4, 3),
+        _singular_band(0.5, 1.0),
+        _with_singular_values(0.6, 0.9),
+    ),
     Row("nuclear_ball", lambda: NuclearBall(1.5), (4, 3), _nuclear(1.5), _nuclear_inside(1.5)),
-    Row("nuclear_ball_conv", lambda: NuclearBall(2.0), (3, 3, 2, 4), _nuclear(2.0),
-        _nuclear_inside(2.0)),
+    Row(
+        "nuclear_ball_conv",
+        lambda: NuclearBall(2.0),
+        (3, 3, 2, 4),
+        _nuclear(2.0),
+        _nuclear_inside(2.0),
+    ),
     Row("psd", PSD, (2, 3, 3), _psd(0.0), _positive_definite),
     # Orthogonal's set is not convex; a scale of 10 keeps the contract's large steps (about
     # 1 per entry) inside the range where the Newton-Schulz steps of `constrain` converge.
-    Row("orthogonal", lambda: Orthogonal(scale=10.0), (4, 3), _orthonormal(10.0),
-        _signed_permutation(10.0), transform_feasible=_newton_schulz(10.0, 3)),
-    Row("orthogonal_wide", lambda: Orthogonal(scale=10.0), (3, 5), _orthonormal(10.0),
+    Row(
+        "orthogonal",
+        lambda: Orthogonal(scale=10.0),
+        (4, 3),
+        _orthonormal(10.0),
+        _signed_permutation(10.0),
+        transform_feasible=_newton_schulz(10.0, 3),
+    ),
+    Row(
+        "orthogonal_wide",
+        lambda: Orthogonal(scale=10.0),
+        (3, 5),
+        _orthonormal(10.0),
         lambda r, s: _signed_permutation(10.0)(r, s[::-1]).T,
-        transform_feasible=lambda x, y, tol: _newton_schulz(10.0, 3)(x.T, y.T, tol)),
-    Row("plain_callable", lambda: lambda w: jnp.clip(w, 0, 1), (4, 3), _box(0, 1),
-        lambda r, s: r.uniform(0.1, 0.9, size=s), exact=True),
+        transform_feasible=lambda x, y, tol: _newton_schulz(10.0, 3)(x.T, y.T, tol),
+    ),
+    Row(
+        "plain_callable",
+        lambda: lambda w: jnp.clip(w, 0, 1),
+        (4, 3),
+        _box(0, 1),
+        lambda r, s: r.uniform(0.1, 0.9, size=s),
+        exact=True,
+    ),
     Row("symmetric", jaxcons.Symmetric, (2, 3, 3), _symmetric, _symmetric_matrix),
     Row("custom_subclass", Symmetrize, (3, 3), _symmetric, _symmetric_matrix, exact=True),
 ]
@@ -669,3 +792,24 @@ def test_the_constrained_step_lowers_for_cuda_and_tpu(row):
     exported = jax.export.export(jax.jit(step), platforms=("cuda", "tpu"))(params, state, params)
     assert exported.platforms == ("cuda", "tpu")
     assert "callback" not in exported.mlir_module()
+
+
+@param_rows
+def test_derivative_on_the_set_matches_central_differences(row):
+    # At a point of the set (the row's feasible input: for a sphere or a manifold, a point on
+    # it), the JVP along a random direction is the projection's derivative, not the identity
+    # that an exact-return shortcut gives where the set has no interior. Checked against a
+    # float64 central difference of the same constraint run in float64 (its derivative agrees
+    # with its values); tests/test_projection_derivatives.py checks against NumPy oracles.
+    c = row.make()
+    w = jnp.asarray(row.feasible_input(np.random.default_rng(1), row.shape), jnp.float32)
+    d = np.random.default_rng(4).normal(size=row.shape)
+    _, got = jax.jit(lambda x, dx: jax.jvp(c, (x,), (dx,)))(w, jnp.asarray(d, jnp.float32))
+    h = 1e-6
+    with jax.enable_x64(True):
+        project = jax.jit(c)
+        plus, minus = project(jnp.asarray(_f64(w) + h * d)), project(jnp.asarray(_f64(w) - h * d))
+        assert plus.dtype == jnp.float64
+        expected = (np.asarray(plus) - np.asarray(minus)) / (2 * h)
+    scale = max(float(np.max(np.abs(expected))), 1.0)
+    np.testing.assert_allclose(_f64(got), expected, rtol=1e-4, atol=1e-4 * scale)

@@ -131,7 +131,7 @@ def test_orthant_and_ball_closed_form_is_the_limit_of_dykstra(order):
     converged = np_dykstra(x, [lambda v: np.maximum(v, 0), np_ball(1.0)], 2000)
     np.testing.assert_allclose(closed, converged, rtol=0, atol=1e-6)
     # Dykstra run by jaxcons itself, on a member it cannot recognise, agrees too.
-    slow = f64(Intersection(Orthant(), MaxNorm(1.0), n_iter=2000)(jnp.asarray(x)))
+    slow = f64(Intersection(Orthant(), MaxNorm(1.0), n_iter=2000, tol=0.0)(jnp.asarray(x)))
     np.testing.assert_allclose(slow, converged, rtol=0, atol=1e-6)
 
 
@@ -170,7 +170,7 @@ def test_box_and_ball_closed_form_matches_the_kkt_oracle(order, box, lo, hi):
     assert np.all(np.linalg.norm(out, axis=0) <= 0.5 * (1 + 4e-7))
     # Dykstra, run long enough on a box it cannot recognise, agrees.
     if np.ndim(hi) == 0 and lo == -hi:
-        slow = f64(Intersection(MaxNorm(0.5), Cube(hi), n_iter=3000)(jnp.asarray(x)))
+        slow = f64(Intersection(MaxNorm(0.5), Cube(hi), n_iter=3000, tol=0.0)(jnp.asarray(x)))
         np.testing.assert_allclose(out, slow, rtol=0, atol=1e-7)
 
 
@@ -251,7 +251,7 @@ def test_orthant_ball_property(x, radius):
 def test_dykstra_matches_numpy_step_for_step():
     x = normal((32, 8))
     for n_iter in (1, 5, 50):
-        ours = f64(Intersection(MaxNorm(0.5), Cube(0.1), n_iter=n_iter)(jnp.asarray(x)))
+        ours = f64(Intersection(MaxNorm(0.5), Cube(0.1), n_iter=n_iter, tol=0.0)(jnp.asarray(x)))
         ref = np_dykstra(x, [np_ball(0.5), lambda v: np.clip(v, -0.1, 0.1)], n_iter)
         np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6)
 
@@ -262,7 +262,7 @@ def test_dykstra_convergence_figures_in_the_docstring():
     exact = np_box_ball(x, -0.1, 0.1, 0.5)
 
     def measure(members, n_iter):
-        y = f64(jax.jit(Intersection(*members, n_iter=n_iter))(jnp.asarray(x)))
+        y = f64(jax.jit(Intersection(*members, n_iter=n_iter, tol=0.0))(jnp.asarray(x)))
         box = max(0.0, float(np.max(np.abs(y))) - 0.1)
         ball = max(0.0, float(np.max(np.linalg.norm(y, axis=0))) - 0.5)
         return float(np.max(np.abs(y - exact))), box, ball
@@ -285,7 +285,7 @@ def test_dykstra_convergence_figures_in_the_docstring():
 def test_narrow_dtypes_end_inside_the_last_set(dtype):
     x = jnp.asarray(normal((16, 4)), dtype)
     # A box that does not contain 0 has no closed form with a ball: Dykstra runs.
-    out = Intersection(MaxNorm(1.0), Clip(0.1, 0.3), n_iter=20)(x)
+    out = Intersection(MaxNorm(1.0), Clip(0.1, 0.3), n_iter=20, tol=0.0)(x)
     assert out.dtype == dtype
     y = f64(out.astype(jnp.float32))
     # Neither bound is representable: the last clip rounds them inward.
@@ -396,9 +396,11 @@ def test_n_iter_and_config_validation():
         r"serialized constraints, got 'NonNeg'",
     ):
         constraints.deserialize({"class_name": "Intersection", "config": {"constraints": "NonNeg"}})
-    with pytest.raises(ValueError, match=r"Unknown Intersection config keys \['tol'\]"):
+    with pytest.raises(ValueError, match=r"tol must be >= 0, got -0.001"):
+        Intersection(NonNeg(), MaxNorm(), tol=-1e-3)
+    with pytest.raises(ValueError, match=r"Unknown Intersection config keys \['rtol'\]"):
         constraints.deserialize(
-            {"class_name": "Intersection", "config": {"constraints": [], "tol": 1e-3}}
+            {"class_name": "Intersection", "config": {"constraints": [], "rtol": 1e-3}}
         )
 
 
@@ -452,9 +454,11 @@ def test_config_format_and_repr():
             {"class_name": "MaxNorm", "config": {"max_value": 1.0, "axis": 0}},
         ],
         "n_iter": 5,
+        "tol": 1e-6,
     }
-    assert repr(c) == "Intersection(NonNeg(), MaxNorm(max_value=1.0, axis=0), n_iter=5)"
+    assert repr(c) == "Intersection(NonNeg(), MaxNorm(max_value=1.0, axis=0), n_iter=5, tol=1e-06)"
     assert c != Intersection(NonNeg(), MaxNorm(1.0), n_iter=6)
+    assert c != Intersection(NonNeg(), MaxNorm(1.0), n_iter=5, tol=1e-3)
     assert c != Intersection(MaxNorm(1.0), NonNeg(), n_iter=5)
 
 
@@ -469,3 +473,57 @@ def test_unregistered_member_works_but_does_not_serialize():
         r"@jaxcons.constraints.register",
     ):
         constraints.serialize(c)
+
+
+# --------------------------------------------------------------------------------------------
+# Dykstra's residual stop, and the cap reported.
+
+
+def test_dykstra_stops_on_its_residual_inside_every_member():
+    x = normal((32, 8), seed=7)
+    c = Intersection(MaxNorm(0.5), Cube(0.1), tol=1e-6)
+    out, residual, sweeps = c.solve(jnp.asarray(x))
+    y = f64(out)
+    assert 0 < int(sweeps) < c.n_iter and float(residual) <= 1e-6
+    assert 440 <= int(sweeps) <= 500  # "about 470 sweeps" in the docstring.
+    # Inside every member to tol (relative to max(1, max|x|) = 1), checked in float64.
+    assert np.max(np.abs(y)) <= 0.1 * (1 + 1e-6)
+    assert np.max(np.linalg.norm(y, axis=0)) <= 0.5 + 1e-6
+    # And the projection itself: the KKT oracle of the box-ball intersection.
+    np.testing.assert_allclose(y, np_box_ball(x, -0.1, 0.1, 0.5), rtol=0, atol=1e-5)
+    # The plain call returns the same result.
+    np.testing.assert_array_equal(c(jnp.asarray(x)), out)
+
+
+def test_dykstra_reports_the_cap_when_it_stops_short():
+    x = normal((32, 8), seed=7)
+    c = Intersection(MaxNorm(0.5), Cube(0.1), n_iter=2, tol=1e-9)
+    _, residual, sweeps = jax.jit(c.solve)(jnp.asarray(x))
+    assert int(sweeps) == 2 and float(residual) > 1e-9
+
+
+def test_dykstra_returns_a_feasible_input_without_a_sweep():
+    x = normal((8, 3), seed=2, scale=0.01)
+    c = Intersection(MaxNorm(0.5), Cube(0.1))
+    out, residual, sweeps = c.solve(jnp.asarray(x))
+    assert int(sweeps) == 0 and float(residual) == 0.0
+    np.testing.assert_array_equal(out, x)
+
+
+def test_dykstra_is_differentiable_in_reverse_mode():
+    # The sweeps are a fori_loop that freezes once converged: reverse mode works, and the
+    # gradient is that of the sweeps run, which matches float64 central differences.
+    x = normal((6, 3), seed=9)
+    g = normal((6, 3), seed=10)
+    c = Intersection(MaxNorm(0.5), Cube(0.3))
+    grad = jax.grad(lambda w: jnp.sum(c(w) * g))(jnp.asarray(x))
+    exact = Intersection(Clip(-0.3, 0.3), MaxNorm(0.5))  # The closed form of the same set.
+    closed = jax.grad(lambda w: jnp.sum(exact(w) * g))(jnp.asarray(x))
+    np.testing.assert_allclose(grad, closed, rtol=0, atol=1e-3)
+
+
+def test_closed_forms_report_no_sweep():
+    x = normal((6, 3), seed=9)
+    out, residual, sweeps = Intersection(Clip(-0.3, 0.3), MaxNorm(0.5)).solve(jnp.asarray(x))
+    assert int(sweeps) == 0 and float(residual) == 0.0
+    np.testing.assert_allclose(f64(out), np_box_ball(x, -0.3, 0.3, 0.5), rtol=0, atol=1e-6)

@@ -134,7 +134,7 @@ def test_flax_metadata_boxes_drop_their_value_field(box):
     plain = {"params": {"Dense_0": {"kernel": jnp.ones((3, 2))}}}
     boxed = {"params": {"Dense_0": {"kernel": box(jnp.ones((3, 2)))}}}
     # The box's payload is its `value` attribute ...
-    (keypath, _), = jax.tree_util.tree_flatten_with_path(boxed)[0]
+    ((keypath, _),) = jax.tree_util.tree_flatten_with_path(boxed)[0]
     assert keypath[-1] == jax.tree_util.GetAttrKey("value")
     # ... which the path does not show.
     assert jaxcons.paths(boxed) == jaxcons.paths(plain) == ["params/Dense_0/kernel"]
@@ -196,15 +196,13 @@ def test_trailing_payload_attribute_is_dropped_but_dict_keys_are_kept(payload):
         "attn/key",
         f"attn/{payload}",
     ]
-    assert jaxcons.paths({"attn": {payload: {"kernel": jnp.ones(1)}}}) == [
-        f"attn/{payload}/kernel"
-    ]
+    assert jaxcons.paths({"attn": {payload: {"kernel": jnp.ones(1)}}}) == [f"attn/{payload}/kernel"]
     # A lone top-level key is kept, so a path is never emptied by the rule.
     assert jaxcons.paths(box(jnp.ones(1))) == [payload]
 
 
 def test_path_str_joins_key_entries():
-    (kp, _), = jax.tree_util.tree_flatten_with_path({"dense": [1.0, 2.0]})[0][:1]
+    ((kp, _),) = jax.tree_util.tree_flatten_with_path({"dense": [1.0, 2.0]})[0][:1]
     assert jaxcons.path_str(kp) == "dense/0"
     assert jaxcons.path_str(()) == ""
 

@@ -61,7 +61,8 @@ def test_penalty_sums_first_matching_rule_per_leaf():
         "params/Dense_1/kernel",
     ]
     np.testing.assert_allclose(
-        got["params/Dense_1/kernel"], 0.2 * np.sum(np.abs(np_leaf(params, "Dense_1", "kernel"))),
+        got["params/Dense_1/kernel"],
+        0.2 * np.sum(np.abs(np_leaf(params, "Dense_1", "kernel"))),
         rtol=1e-6,
     )
     np.testing.assert_allclose(sum(float(v) for v in got.values()), expected, rtol=1e-6)
@@ -78,11 +79,13 @@ def test_none_exempts_and_names_configs_and_callables_are_accepted():
     got = penalties(params, rules)
     assert set(got) == {"params/Dense_1/bias", "params/Dense_0/kernel", "params/Dense_1/kernel"}
     np.testing.assert_allclose(
-        got["params/Dense_1/bias"], 0.01 * np.sum(np.abs(np_leaf(params, "Dense_1", "bias"))),
+        got["params/Dense_1/bias"],
+        0.01 * np.sum(np.abs(np_leaf(params, "Dense_1", "bias"))),
         rtol=1e-6,
     )
     np.testing.assert_allclose(
-        got["params/Dense_0/kernel"], 0.5 * np.sum(np_leaf(params, "Dense_0", "kernel") ** 2),
+        got["params/Dense_0/kernel"],
+        0.5 * np.sum(np_leaf(params, "Dense_0", "kernel") ** 2),
         rtol=1e-6,
     )
     np.testing.assert_allclose(
@@ -163,15 +166,15 @@ def test_jit_and_grad_match_the_closed_form_and_do_not_retrace():
         return penalty(p, rules)
 
     np.testing.assert_allclose(f(params), penalty(params, rules), rtol=1e-6)
-    grads = jax.grad(lambda p: penalty(p, rules))(
-        {k: v for k, v in params.items() if k != "step"}
-    )
+    grads = jax.grad(lambda p: penalty(p, rules))({k: v for k, v in params.items() if k != "step"})
     np.testing.assert_allclose(
-        grads["params"]["Dense_0"]["kernel"], 0.2 * np_leaf(params, "Dense_0", "kernel"),
+        grads["params"]["Dense_0"]["kernel"],
+        0.2 * np_leaf(params, "Dense_0", "kernel"),
         rtol=1e-6,
     )
     np.testing.assert_allclose(
-        grads["params"]["Dense_1"]["bias"], 0.05 * np.sign(np_leaf(params, "Dense_1", "bias")),
+        grads["params"]["Dense_1"]["bias"],
+        0.05 * np.sign(np_leaf(params, "Dense_1", "bias")),
         rtol=1e-6,
     )
     for k in range(3):

@@ -103,8 +103,11 @@ def test_configs_match_keras_up_to_float32_rounding():
 
 
 def test_keras_configs_load_into_jaxcons():
-    for theirs in (keras.regularizers.L2(0.3), keras.regularizers.L1L2(l1=0.1, l2=0.2),
-                   keras.regularizers.OrthogonalRegularizer(0.1, "rows")):
+    for theirs in (
+        keras.regularizers.L2(0.3),
+        keras.regularizers.L1L2(l1=0.1, l2=0.2),
+        keras.regularizers.OrthogonalRegularizer(0.1, "rows"),
+    ):
         payload = {"class_name": type(theirs).__name__, "config": theirs.get_config()}
         ours = regularizers.deserialize(payload)
         x = random((4, 3))

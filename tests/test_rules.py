@@ -482,8 +482,9 @@ def test_the_issue_example_of_a_shadowed_rule_raises_through_constrain():
         jaxcons.constrain(rules).init(params)
     # Put first, the specific rule acts and the broad one still governs Dense_0.
     fixed = {"Dense_1/kernel": jaxcons.MaxNorm(1.0), "**/kernel": jaxcons.MaxNorm(3.0)}
-    out = jaxcons.apply_constraints({k: {"kernel": 10 * v["kernel"]} for k, v in params.items()},
-                                    fixed)
+    out = jaxcons.apply_constraints(
+        {k: {"kernel": 10 * v["kernel"]} for k, v in params.items()}, fixed
+    )
     np.testing.assert_allclose(np.linalg.norm(out["Dense_1"]["kernel"], axis=0), 1.0, rtol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(out["Dense_0"]["kernel"], axis=0), 3.0, rtol=1e-6)
 
@@ -496,8 +497,10 @@ def test_a_partly_shadowed_rule_is_fine():
 
 
 def test_a_module_pattern_suggests_its_parameters():
-    msg = ("constraint rule 'params/Dense_0' matches no parameter: 'params/Dense_0' names a "
-           "module, not a parameter. To cover its parameters, use 'params/Dense_0/**'.")
+    msg = (
+        "constraint rule 'params/Dense_0' matches no parameter: 'params/Dense_0' names a "
+        "module, not a parameter. To cover its parameters, use 'params/Dense_0/**'."
+    )
     with pytest.raises(ValueError, match=re.escape(msg)):
         jaxcons.apply_constraints(_params(), {"params/Dense_0": jaxcons.NonNeg()})
 

@@ -103,7 +103,8 @@ def test_float64_kernels_are_computed_in_float64():
         projected, new_state = c.project(jnp.asarray(w), state)
     assert got.dtype == projected.dtype == state.u.dtype == new_state.u.dtype == np.float64
     np.testing.assert_allclose(np_sigma(got), 1.0, rtol=1e-12)
-    np.testing.assert_allclose(np_sigma(projected), 1.0, rtol=1e-12)
+    # Scaled by a certified bound, within 1e-10 of sigma in float64: never above the bound.
+    assert 1.0 - 1e-9 <= np_sigma(projected) <= 1.0
 
 
 def test_call_zero_kernel_stays_zero_with_finite_gradient():
@@ -200,15 +201,19 @@ def test_project_matches_an_independent_power_iteration():
         t = m.T @ v
         sigma, u = np.linalg.norm(t), t / np.linalg.norm(t)
     np.testing.assert_allclose(new_state.u, u, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(got, m / sigma, rtol=1e-5)
     assert sigma <= np_sigma(w) * (1 + 1e-6)  # The estimate is a lower bound.
+    # The kernel is scaled (a multiple of w) by a certified upper bound on sigma, not by the
+    # estimate: the result is inside the ball, within 0.2% of its edge.
+    s = float(np.sum(np.asarray(got, np.float64) * m) / np.sum(m * m))
+    np.testing.assert_allclose(got, s * m, rtol=1e-5, atol=1e-7)
+    assert 1.0 - 2e-3 <= np_sigma(got) <= 1.0
 
 
 def test_project_with_enough_iterations_is_accurate():
     w = random_kernel((3, 3, 2, 4), sigma=3.0)
     c = SpectralNorm(1.0, n_power_iterations=50)
     got, state = c.project(w, c.init(w))
-    np.testing.assert_allclose(np_sigma(got), 1.0, rtol=1e-5)
+    assert 1.0 - 2e-3 <= np_sigma(got) <= 1.0  # Certified, so never above; tight.
     np.testing.assert_allclose(abs(np.dot(state.u, np_top_right_vector(w))), 1.0, rtol=1e-5)
 
 
@@ -232,7 +237,7 @@ def test_project_zero_kernel_stays_zero_keeps_state_and_recovers():
     w = random_kernel((4, 3), sigma=3.0)
     c50 = SpectralNorm(1.0, n_power_iterations=50)
     got, _ = c50.project(w, new_state)
-    np.testing.assert_allclose(np_sigma(got), 1.0, rtol=1e-5)
+    assert 1.0 - 2e-3 <= np_sigma(got) <= 1.0
 
 
 def test_project_gradient_is_finite_and_jit_matches_eager():
@@ -282,8 +287,8 @@ def test_constrain_carries_state_and_converges_without_retracing():
     assert not np.array_equal(states[0]["w"].u, states[1]["w"].u)
     assert not np.array_equal(states[1]["w"].u, states[2]["w"].u)
     sigma = np_sigma(params["w"])
-    assert sigma <= 1.0 + 1e-3
-    assert sigma >= 1.0 - 1e-3  # The loss pulls towards sigma = 3: the bound is active.
+    assert sigma <= 1.0  # Certified.
+    assert sigma >= 1.0 - 3e-3  # The loss pulls towards sigma = 3: the bound is active.
     cos = abs(np.dot(states[-1]["w"].u, np_top_right_vector(params["w"])))
     np.testing.assert_allclose(cos, 1.0, atol=1e-4)
 
@@ -389,10 +394,10 @@ def test_bound_holds_at_every_step_when_the_kernel_only_grows():
         updates, state = step(params, state)
         params = optax.apply_updates(params, updates)
         worst = max(worst, np_sigma(params["k"]) - 1.0)
-    assert worst <= 1e-5, worst
+    assert worst <= 0.0, worst
 
 
-def test_bound_tracks_within_2e_3_over_adam_training_of_a_conv_kernel(adam):
+def test_bound_holds_at_every_step_of_adam_training_of_a_conv_kernel(adam):
     shape = (3, 3, 16, 32)
     w = random_kernel(shape, sigma=1.0, seed=1)
     target = jnp.asarray(np.random.default_rng(2).normal(size=shape), jnp.float32)
@@ -410,6 +415,6 @@ def test_bound_tracks_within_2e_3_over_adam_training_of_a_conv_kernel(adam):
     for _ in range(150):
         params, state = step(params, state)
         worst = max(worst, np_sigma(params["k"]) / 1.0 - 1.0)
-    assert worst <= 2e-3, worst
+    assert worst <= 0.0, worst
     # The bound binds: the unconstrained target has a far larger spectral norm.
     assert np_sigma(target) > 5.0

@@ -441,4 +441,3 @@ def violations(
         gap = jnp.abs(w.astype(dtype) - call_leaf(c, path, w).astype(dtype))
         out[path] = jnp.max(gap) if w.size else jnp.zeros((), dtype)
     return out
-

@@ -89,7 +89,7 @@ def as_matrix(w: jax.Array) -> jax.Array:
     return w.reshape(rows, w.shape[-1]).astype(accumulation_dtype(w.dtype))
 
 
-def _normalize(x: jax.Array, fallback: jax.Array) -> tuple[jax.Array, jax.Array]:
+def normalize(x: jax.Array, fallback: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Returns ``(x / ||x||, ||x||)``, or ``(fallback, 0)`` when ``x`` is zero.
 
     Both branches are guarded, so neither the value nor the gradient has a 0/0.
@@ -110,10 +110,10 @@ def initial_vector(n: int, dtype: Any = jnp.float32) -> jax.Array:
     vector, so restarts are reproducible.
     """
     x = jax.random.normal(jax.random.key(0), (n,), dtype)
-    return _normalize(x, jnp.zeros((n,), dtype))[0]
+    return normalize(x, jnp.zeros((n,), dtype))[0]
 
 
-def _matvec(kernel: jax.Array, u: jax.Array) -> jax.Array:
+def matvec(kernel: jax.Array, u: jax.Array) -> jax.Array:
     """``W u`` for the kernel viewed as a ``(rows, out)`` matrix, shaped ``kernel.shape[:-1]``.
 
     A broadcast product and a reduction over the last axis, on the kernel's own shape: no
@@ -153,15 +153,15 @@ def power_iteration(
     frozen = jax.lax.stop_gradient(kernel)
 
     def left(u: jax.Array) -> jax.Array:
-        wu = _matvec(frozen, u)
-        return _normalize(wu, jnp.zeros_like(wu))[0]  # Zeros sharded like W u.
+        wu = matvec(frozen, u)
+        return normalize(wu, jnp.zeros_like(wu))[0]  # Zeros sharded like W u.
 
     def iterate(_: Any, u: jax.Array) -> jax.Array:
-        return _normalize(_rmatvec(frozen, left(u)), u)[0]
+        return normalize(_rmatvec(frozen, left(u)), u)[0]
 
     u = jax.lax.fori_loop(0, n_iterations - 1, iterate, jax.lax.stop_gradient(u))
     v = left(u)
-    new_u, sigma = _normalize(_rmatvec(kernel, v), u)
+    new_u, sigma = normalize(_rmatvec(kernel, v), u)
     return sigma, jax.lax.stop_gradient(new_u)
 
 

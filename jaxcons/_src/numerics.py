@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -138,3 +138,102 @@ def add_penalties(values: Sequence[jax.typing.ArrayLike]) -> jax.Array:
 
 def upcast(x: jax.Array) -> jax.Array:
     return x.astype(accumulation_dtype(x.dtype))
+
+
+def exact_projection(
+    project: Callable[..., tuple[jax.Array, jax.Array]],
+    w: jax.Array,
+    *operands: Any,
+    on_set: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+) -> jax.Array:
+    """A projection that returns feasible points bit for bit, differentiated as the projection.
+
+    ``project(w, *operands)`` returns ``(P(w), outside)``: the projection's formula, and a
+    mask broadcastable against ``w`` of the points (vectors, slices, matrices) that are not
+    on the set yet, the others being feasible. The value is the exact-return shortcut
+
+    .. math:: y = w \\text{ where } w \\text{ is feasible}, \\qquad y = P(w) \\text{ elsewhere}
+
+    (``P`` would move a feasible point by its rounding), and the derivative is ``P``'s own,
+    ``dy = DP(w)[dw]``, everywhere: a custom JVP rule, since the plain ``where`` would make
+    it the identity at every feasible point. That is right only where the set has an interior
+    around ``w``. At a point of a smooth manifold ``M`` (a sphere, the Stiefel manifold) the
+    derivative of the nearest-point projection is the orthogonal projection onto the tangent
+    space ``T_w M``; at a point of a convex set's relative interior it is the projection onto
+    the directions of its affine hull (the identity inside a ball, the symmetrisation on the
+    PSD cone). A reparametrization ``w = P(v)`` or a projection inside a loss needs that
+    derivative. Where ``P`` has none (on the boundary of a set with an interior: a ball's
+    sphere, a singular PSD matrix) the callers' formulas give the one from inside, finite.
+
+    ``DP`` at feasible points comes from one of:
+
+    * ``on_set=None``: ``jax.jvp`` of ``project``'s ``P`` at ``w``, feasible or not. For
+      formulas whose derivative is finite and right on the set (rescaling by norms).
+    * ``on_set(w, dw)``: ``DP(w)[dw]`` for feasible ``w``, written out (linear in ``dw``:
+      the identity, the symmetrisation, the tangent projection). ``P``'s JVP then serves the
+      infeasible points only, and its input tangent is zeroed at feasible ones, before ``P``
+      sees it: the derivatives of ``jnp.linalg.svd`` and ``eigh`` divide by the gaps between
+      singular values or eigenvalues, which vanish at many feasible points (every orthogonal
+      matrix, the identity), and their ``0 * inf`` would otherwise make a gradient NaN even
+      through the untaken branch of a ``where``.
+
+    Without differentiation only ``project`` runs (``on_set`` is not traced), so the forward
+    pass is the shortcut alone: ``where(outside, P(w), w)``, as written by hand (the mask
+    marks the points outside, so no negation is added per parameter). Under differentiation
+    ``P`` is linearized once (`jax.linearize`): no second decomposition.
+
+    Args:
+      project: ``(w, *operands) -> (P(w), outside)``; ``P(w)`` has ``w``'s shape and dtype.
+      w: the point.
+      *operands: arrays or numbers ``project`` depends on (radii, bounds, possibly traced
+        schedule values), differentiated as inputs of ``P``.
+      on_set: optionally ``(w, dw) -> DP(w)[dw]`` at feasible ``w`` (``w``'s dtype).
+
+    Returns:
+      ``w`` where feasible, ``P(w)`` elsewhere.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> def sphere(w):  # The projection onto the unit sphere, and whether w is off it.
+      ...     n = jnp.linalg.norm(w)
+      ...     return w / n, n != 1
+      >>> w = jnp.array([0.6, 0.8])
+      >>> exact_projection(sphere, w)
+      Array([0.6, 0.8], dtype=float32)
+      >>> jacobian = jax.jacfwd(lambda w: exact_projection(sphere, w))(w)
+      >>> jacobian.round(4).tolist()  # I - w w^T, the tangent projection (not the identity).
+      [[0.64, -0.48], [-0.48, 0.36]]
+
+    References:
+      Holmes, "Smoothness of the nearest-point map in Hilbert space", Trans. AMS 184, 1973
+      (the derivative on a manifold); Absil, Mahony and Sepulchre, "Optimization Algorithms on
+      Matrix Manifolds", Princeton 2008.
+    """
+    return _exact_projection(project, on_set, w, *operands)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _exact_projection(
+    project: Callable[..., tuple[jax.Array, jax.Array]],
+    on_set: Callable[[jax.Array, jax.Array], jax.Array] | None,
+    w: jax.Array,
+    *operands: Any,
+) -> jax.Array:
+    projected, outside = project(w, *operands)
+    return jnp.where(outside, projected, w)
+
+
+@_exact_projection.defjvp
+def _exact_projection_jvp(
+    project: Callable[..., tuple[jax.Array, jax.Array]],
+    on_set: Callable[[jax.Array, jax.Array], jax.Array] | None,
+    primals: tuple[Any, ...],
+    tangents: tuple[Any, ...],
+) -> tuple[jax.Array, jax.Array]:
+    w, dw = primals[0], tangents[0]
+    if on_set is None:
+        (projected, outside), (d_projected, _) = jax.jvp(project, primals, tangents)
+        return jnp.where(outside, projected, w), d_projected
+    (projected, outside), linear = jax.linearize(project, *primals)
+    d_projected, _ = linear(jnp.where(outside, dw, jnp.zeros_like(dw)), *tangents[1:])
+    return jnp.where(outside, projected, w), jnp.where(outside, d_projected, on_set(w, dw))

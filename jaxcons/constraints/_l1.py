@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcons._src.base import Constraint
-from jaxcons._src.numerics import accumulation_dtype
+from jaxcons._src.numerics import accumulation_dtype, exact_projection
 from jaxcons._src.schedules import Evaluated, schedulable
 from jaxcons._src.validation import axis_argument, axis_config, positive_number, resolve_axes
 
@@ -212,14 +212,19 @@ def l1_ball(w: jax.Array, radius: Evaluated, axes: tuple[int, ...]) -> jax.Array
     .. math:: P(v) = \\operatorname{sign}(v) \\max(|v| - \\theta, 0), \\quad
        \\textstyle\\sum_i \\max(|v_i| - \\theta, 0) = r
 
-    for slices with ``||v||_1 > r``; slices inside the ball come back bit for bit.
+    for slices with ``||v||_1 > r``; slices inside the ball come back bit for bit, with the
+    identity as derivative (on the sphere ``||v||_1 = r``, where ``P`` has none, the one from
+    inside; `exact_projection`).
     """
-    w = jnp.asarray(w)
-    x = jnp.abs(w.astype(accumulation_dtype(w.dtype)))
-    inside = jnp.sum(x, axis=axes, keepdims=True) <= radius
-    theta = _threshold(x, axes, radius)
-    y = jnp.sign(w).astype(x.dtype) * jnp.maximum(x - theta, 0)
-    return jnp.where(inside, w, y.astype(w.dtype))
+
+    def project(w: jax.Array, radius: Evaluated) -> tuple[jax.Array, jax.Array]:
+        x = jnp.abs(w.astype(accumulation_dtype(w.dtype)))
+        inside = jnp.sum(x, axis=axes, keepdims=True) <= radius
+        theta = _threshold(x, axes, radius)
+        y = jnp.sign(w).astype(x.dtype) * jnp.maximum(x - theta, 0)
+        return y.astype(w.dtype), ~inside
+
+    return exact_projection(project, jnp.asarray(w), radius, on_set=lambda w, dw: dw)
 
 
 def simplex(w: jax.Array, total: Evaluated, axes: tuple[int, ...]) -> jax.Array:

@@ -20,9 +20,10 @@ from jaxcons._src.linalg import (
     like,
     svd,
 )
-from jaxcons._src.numerics import accumulation_dtype
+from jaxcons._src.numerics import accumulation_dtype, exact_projection
 from jaxcons._src.schedules import Evaluated, Scheduled, schedulable
 from jaxcons._src.validation import positive_number, real_number
+from jaxcons.constraints._orthogonal import stiefel_tangent
 
 
 class SingularValueClip(Constraint):
@@ -42,9 +43,12 @@ class SingularValueClip(Constraint):
 
     A kernel whose singular values already lie in the interval comes back bit for bit; the
     dtype is kept (the SVD runs in float32, float64 for float64 kernels). Every call (inside
-    `jaxcons.constrain` too) is one SVD, which gathers a sharded kernel. Gradients through the
-    projection are those of `jnp.linalg.svd`: finite at zero, undefined where two clipped
-    singular values coincide.
+    `jaxcons.constrain` too) is one SVD, which gathers a sharded kernel. At a kernel already
+    in the set the derivative is the identity (on the interval's ends, where the projection
+    has none, the one from inside), or with ``min_value == max_value`` the projection onto the
+    tangent space of that scaled Stiefel manifold, as in `Orthogonal`: finite even where
+    singular values coincide, and at zero. Elsewhere gradients are those of
+    `jnp.linalg.svd`, undefined where two clipped singular values coincide.
 
     Args:
       min_value: the lower bound ``a >= 0``.
@@ -168,8 +172,11 @@ class PSD(Constraint):
     matrix that is exactly symmetric with eigenvalues ``>= c`` comes back bit for bit; the
     dtype is kept (the eigendecomposition runs in float32, float64 for float64 parameters).
     With ``c > 0`` a zero matrix becomes ``c I``. Every call is one batched ``eigh``, which
-    gathers a sharded parameter. Gradients through the projection are those of
-    `jnp.linalg.eigh`: finite at zero, undefined where two eigenvalues coincide.
+    gathers a sharded parameter. At a matrix already in the set the derivative is the
+    symmetrization ``dW -> (dW + dW^T) / 2``, the projection's own (the set lies in the
+    symmetric matrices; on its boundary, where the projection has none, the one from
+    inside): finite at the identity and at zero. Elsewhere gradients are those of
+    `jnp.linalg.eigh`, undefined where two eigenvalues coincide.
 
     Args:
       min_eigenvalue: the lower bound ``c >= 0`` on the eigenvalues (``0``: the PSD cone).
@@ -259,8 +266,7 @@ class Symmetric(Constraint):
     def __call__(self, w: jax.Array) -> jax.Array:
         w = jnp.asarray(w)
         self.check(w.shape, "")
-        x = w.astype(accumulation_dtype(w.dtype))
-        return ((x + jnp.swapaxes(x, -1, -2)) / 2).astype(w.dtype)
+        return symmetrized(w)
 
     def tangent(self, w: jax.Array, g: jax.Array) -> jax.Array:
         """The projection of an update ``g`` onto the symmetric matrices (the tangent space)."""
@@ -275,15 +281,30 @@ def clip_singular_values(w: jax.Array, min_value: float, max_value: float) -> ja
        \\quad\\text{for } W = U \\Sigma V^\\top
 
     (von Neumann's trace inequality makes clipping the singular values optimal). ``w`` itself
-    is returned when every singular value already lies in the interval.
+    is returned when every singular value already lies in the interval; the derivative there
+    is the identity (inside the interval, or on its ends from inside), or with ``min_value ==
+    max_value > 0`` the tangent projection of that scaled Stiefel manifold
+    (`exact_projection`), with no SVD derivative evaluated.
     """
-    matrix = as_matrix(w)
-    zero = jnp.all(matrix == 0)
-    u, s, vh = svd(matrix, zero)
-    # A zero matrix stays zero: with min_value > 0 it has no unique projection (see the class).
-    keep = zero | jnp.all((s >= min_value) & (s <= max_value))
-    projected = compose(u, jnp.clip(s, min_value, max_value), vh)
-    return jnp.where(keep, w, like(projected, w))
+
+    def project(w: jax.Array) -> tuple[jax.Array, jax.Array]:
+        matrix = as_matrix(w)
+        zero = jnp.all(matrix == 0)
+        u, s, vh = svd(matrix, zero)
+        # A zero matrix stays zero: with min_value > 0 it has no unique projection (see the
+        # class).
+        keep = zero | jnp.all((s >= min_value) & (s <= max_value))
+        projected = compose(u, jnp.clip(s, min_value, max_value), vh)
+        return like(projected, w), ~keep
+
+    def on_set(w: jax.Array, dw: jax.Array) -> jax.Array:
+        if min_value < max_value:
+            return dw
+        if max_value == 0:  # The set is {0}: P is 0 everywhere.
+            return jnp.zeros_like(dw)
+        return stiefel_tangent(w, dw, max_value)
+
+    return exact_projection(project, w, on_set=on_set)
 
 
 def _simplex_threshold(s: jax.Array, radius: Evaluated) -> jax.Array:
@@ -303,15 +324,20 @@ def nuclear_ball(w: jax.Array, radius: Evaluated) -> jax.Array:
 
     The singular values are projected onto the L1 ball of radius ``r`` (they are non-negative,
     so this is the simplex threshold). ``w`` itself is returned when its nuclear norm is at
-    most ``radius``.
+    most ``radius``, with the identity as derivative (inside the ball, or on its boundary
+    from inside; `exact_projection`).
     """
-    matrix = as_matrix(w)
-    zero = jnp.all(matrix == 0)
-    u, s, vh = svd(matrix, zero)
-    feasible = zero | (jnp.sum(s) <= radius)
-    tau = _simplex_threshold(s, radius)
-    projected = compose(u, jnp.maximum(s - tau, 0), vh)
-    return jnp.where(feasible, w, like(projected, w))
+
+    def project(w: jax.Array, radius: Evaluated) -> tuple[jax.Array, jax.Array]:
+        matrix = as_matrix(w)
+        zero = jnp.all(matrix == 0)
+        u, s, vh = svd(matrix, zero)
+        feasible = zero | (jnp.sum(s) <= radius)
+        tau = _simplex_threshold(s, radius)
+        projected = compose(u, jnp.maximum(s - tau, 0), vh)
+        return like(projected, w), ~feasible
+
+    return exact_projection(project, w, radius, on_set=lambda w, dw: dw)
 
 
 def project_psd(w: jax.Array, min_eigenvalue: float) -> jax.Array:
@@ -323,22 +349,34 @@ def project_psd(w: jax.Array, min_eigenvalue: float) -> jax.Array:
 
     Symmetrizing is the orthogonal projection onto symmetric matrices, which contain the set.
     Every matrix that is already exactly symmetric with eigenvalues ``>= c`` comes back bit
-    for bit.
+    for bit, and the derivative there is the symmetrization (`exact_projection`): ``P``'s
+    inside the cone, the one from inside on its boundary, with no ``eigh`` derivative
+    evaluated (it divides by the gaps between eigenvalues, zero at the identity).
     """
+
+    def project(w: jax.Array) -> tuple[jax.Array, jax.Array]:
+        x = w.astype(accumulation_dtype(w.dtype))
+        if is_explicit(w):
+            x = jax.sharding.reshard(x, P())
+        sym = (x + jnp.swapaxes(x, -1, -2)) / 2
+        zero = jnp.all(x == 0, axis=(-2, -1), keepdims=True)
+        safe = jnp.where(zero, distinct_spectrum(x.shape, x.dtype), sym)
+        lam, q = jnp.linalg.eigh(safe, symmetrize_input=False)
+        symmetric = jnp.all(x == jnp.swapaxes(x, -1, -2), axis=(-2, -1), keepdims=True)
+        lam_min = jnp.min(lam, axis=-1)[..., None, None]
+        c = min_eigenvalue
+        feasible = symmetric & (zero & (c <= 0) | ~zero & (lam_min >= c))
+        qt = jnp.swapaxes(q, -1, -2)
+        projected = jnp.matmul(q * jnp.maximum(lam, c)[..., None, :], qt, precision=HIGHEST)
+        projected = (projected + jnp.swapaxes(projected, -1, -2)) / 2  # Exactly symmetric.
+        # A zero matrix with min_eigenvalue > 0 projects to c * I.
+        projected = jnp.where(zero, c * jnp.eye(x.shape[-1], dtype=x.dtype), projected)
+        return like(projected, w), ~feasible
+
+    return exact_projection(project, w, on_set=lambda w, dw: symmetrized(dw))
+
+
+def symmetrized(w: jax.Array) -> jax.Array:
+    """``(W + W^T) / 2`` over the last two axes, computed in >= float32, in ``w``'s dtype."""
     x = w.astype(accumulation_dtype(w.dtype))
-    if is_explicit(w):
-        x = jax.sharding.reshard(x, P())
-    sym = (x + jnp.swapaxes(x, -1, -2)) / 2
-    zero = jnp.all(x == 0, axis=(-2, -1), keepdims=True)
-    safe = jnp.where(zero, distinct_spectrum(x.shape, x.dtype), sym)
-    lam, q = jnp.linalg.eigh(safe, symmetrize_input=False)
-    symmetric = jnp.all(x == jnp.swapaxes(x, -1, -2), axis=(-2, -1), keepdims=True)
-    lam_min = jnp.min(lam, axis=-1)[..., None, None]
-    feasible = symmetric & (zero & (min_eigenvalue <= 0) | ~zero & (lam_min >= min_eigenvalue))
-    clipped = jnp.maximum(lam, min_eigenvalue)
-    projected = jnp.matmul(q * clipped[..., None, :], jnp.swapaxes(q, -1, -2), precision=HIGHEST)
-    projected = (projected + jnp.swapaxes(projected, -1, -2)) / 2  # Exactly symmetric.
-    # A zero matrix with min_eigenvalue > 0 projects to c * I.
-    identity = min_eigenvalue * jnp.eye(x.shape[-1], dtype=x.dtype)
-    projected = jnp.where(zero, identity, projected)
-    return jnp.where(feasible, w, like(projected, w))
+    return ((x + jnp.swapaxes(x, -1, -2)) / 2).astype(w.dtype)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcons._src.base import Constraint
-from jaxcons._src.numerics import accumulation_dtype, safe_norm
+from jaxcons._src.numerics import accumulation_dtype, exact_projection, safe_norm
 from jaxcons._src.schedules import Evaluated, schedulable, start
 from jaxcons._src.validation import axis_argument, axis_config, real_number, resolve_axes
 
@@ -101,8 +101,10 @@ class MinMaxNorm(Constraint):
     With ``rate=1`` this is the projection onto the shell ``a <= ||v|| <= b``; with
     ``rate < 1`` out-of-range norms approach the interval over repeated steps. Vectors already
     inside come back unchanged bit for bit (Keras rescales them by ``n / (n + 1e-7)``); zero
-    vectors have no direction and stay zero, with a finite gradient. Norms accumulate in at
-    least float32; shape and dtype are kept.
+    vectors have no direction and stay zero, with a finite gradient. The derivative there is
+    the identity, except with ``min_value == max_value`` (a sphere), where it is that of the
+    formula (for ``rate=1`` the tangent projection, as for `UnitNorm`). Norms accumulate in
+    at least float32; shape and dtype are kept.
 
     Args:
       min_value: the lower bound ``a >= 0`` on the norm.
@@ -186,7 +188,9 @@ class UnitNorm(Constraint):
 
     Each slice's set is a sphere, a smooth manifold: `tangent` projects an update onto its
     tangent space (``g - w <w, g> / ||w||^2`` per slice), which `jaxcons.tangent` uses for
-    Riemannian steps.
+    Riemannian steps. That projection is also the derivative of `UnitNorm` at a point on the
+    sphere (under `jax.grad`, e.g. for ``w = UnitNorm()(v)``), although the value is returned
+    unchanged there.
 
     Args:
       axis: the axis (or list/tuple of axes) the norms run over, as in `MaxNorm`.
@@ -231,30 +235,46 @@ class UnitNorm(Constraint):
 def _rescale(
     w: jax.Array,
     axes: tuple[int, ...],
-    rule: Callable[[jax.Array], tuple[jax.Array, jax.Array]],
+    rule: Callable[..., tuple[jax.Array, jax.Array, jax.Array]],
+    *bounds: Evaluated,
+    on_set: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
 ) -> jax.Array:
     """Rescales the vectors of ``w`` along ``axes`` whose norm the ``rule`` rejects.
 
-    ``rule(n)`` gets the norms ``n`` (keepdims, accumulation dtype; exactly 0 for zero vectors)
-    and returns ``(needs, desired)``: which vectors to rescale and the norm they get. ``needs``
-    must be false for zero vectors. Vectors that need nothing are returned bit for bit; every
-    division is guarded and the norm's derivative is 0 at a zero vector (`safe_norm`), so
-    values and gradients stay finite there.
+    ``rule(n, *bounds)`` gets the norms ``n`` (keepdims, accumulation dtype; exactly 0 for zero
+    vectors) and returns ``(needs, moves, desired)``: which vectors to rescale, where the
+    projection's formula ``P(v) = v * desired / ||v||`` divides by the norm (``v * desired``
+    elsewhere), and the norm it gives. ``needs`` must imply ``moves``, and neither may hold
+    for zero vectors. Vectors that need nothing are returned bit for bit, and the derivative
+    is that of ``P`` (`exact_projection`): so where ``moves`` holds for a vector that needs
+    nothing (one on a sphere) it is the formula's, not the identity, and where ``moves``
+    fails ``desired`` must be 1 (``P`` is the identity there), unless ``on_set`` gives the
+    derivative at the vectors that need nothing. Every division is guarded and the norm's
+    derivative is 0 at a zero vector (`safe_norm`), so values and gradients stay finite.
     """
-    w = jnp.asarray(w)
-    x = w.astype(accumulation_dtype(w.dtype))
-    n = safe_norm(x, axes)
-    needs, desired = rule(n)
-    scale = desired / jnp.where(needs, n, 1)
-    return jnp.where(needs, (x * scale).astype(w.dtype), w)
+
+    def project(w: jax.Array, *bounds: Evaluated) -> tuple[jax.Array, jax.Array]:
+        x = w.astype(accumulation_dtype(w.dtype))
+        n = safe_norm(x, axes)
+        needs, moves, desired = rule(n, *bounds)
+        return (x * (desired / jnp.where(moves, n, 1))).astype(w.dtype), needs
+
+    return exact_projection(project, jnp.asarray(w), *bounds, on_set=on_set)
 
 
 def max_norm(w: jax.Array, max_value: Evaluated, axes: tuple[int, ...]) -> jax.Array:
     """Projects every vector along ``axes`` onto the ball of radius ``max_value``.
 
     .. math:: P(w) = w \\cdot \\min(1, c / \\|w\\|)
+
+    On the ball's boundary, where ``P`` has no derivative, the derivative is the one from
+    inside (the identity).
     """
-    return _rescale(w, axes, lambda n: (n > max_value, jnp.full_like(n, max_value)))
+
+    def rule(n: jax.Array, c: Evaluated) -> tuple[jax.Array, jax.Array, jax.Array]:
+        return n > c, n > c, jnp.full_like(n, c)
+
+    return _rescale(w, axes, rule, max_value, on_set=lambda w, dw: dw)
 
 
 def min_max_norm(
@@ -263,21 +283,38 @@ def min_max_norm(
     """Moves every non-zero vector's norm toward ``[min_value, max_value]`` by ``rate``.
 
     .. math:: P(w) = w \\cdot \\frac{r\\,\\mathrm{clip}(\\|w\\|, a, b) + (1 - r)\\|w\\|}{\\|w\\|}
+
+    With ``a == b`` the set is a sphere and the derivative at its points is the formula's
+    (the tangent projection for ``r = 1``); with ``a < b``, on the shell's boundary, where
+    ``P`` has no derivative, it is the one from inside (the identity).
     """
 
-    def rule(n: jax.Array) -> tuple[jax.Array, jax.Array]:
-        needs = (n > 0) & ((n < min_value) | (n > max_value))
-        return needs, rate * jnp.clip(n, min_value, max_value) + (1 - rate) * n
+    def rule(
+        n: jax.Array, a: Evaluated, b: Evaluated, r: Evaluated
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        needs = (n > 0) & ((n < a) | (n > b))
+        # clip(n, a, b), written so that its derivative is 0 at n == b: with a == b the
+        # target norm is the constant a, not n (jnp.clip's derivative there is 1/4).
+        target = jnp.where(n < b, jnp.maximum(n, a), b)
+        moves = needs | ((n > 0) & (a == b))
+        return needs, moves, jnp.where(moves, r * target + (1 - r) * n, 1)
 
-    return _rescale(w, axes, rule)
+    return _rescale(w, axes, rule, min_value, max_value, rate)
 
 
 def unit_norm(w: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     """Scales every non-zero vector along ``axes`` to unit norm; zero vectors stay zero.
 
     .. math:: P(w) = w / \\|w\\|
+
+    On the sphere the derivative is ``P``'s, the tangent projection ``I - w w^T``; at a zero
+    vector (no direction) the identity.
     """
-    return _rescale(w, axes, lambda n: ((n > 0) & (n != 1), jnp.ones_like(n)))
+
+    def rule(n: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        return (n > 0) & (n != 1), n > 0, jnp.ones_like(n)
+
+    return _rescale(w, axes, rule)
 
 
 def sphere_tangent(w: jax.Array, g: jax.Array, axes: tuple[int, ...]) -> jax.Array:

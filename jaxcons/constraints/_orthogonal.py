@@ -23,11 +23,20 @@ from jaxcons._src.linalg import (
     power_iteration,
     svd,
 )
-from jaxcons._src.numerics import accumulation_dtype
+from jaxcons._src.numerics import accumulation_dtype, exact_projection
 from jaxcons._src.validation import positive_int, positive_number
 
 # The `Orthogonal` default, chosen by `benchmarks/orthogonal_iterations.py` (see BUILD.md).
 DEFAULT_NEWTON_SCHULZ_ITERATIONS = 3
+
+# `Orthogonal`'s default bound on its residual max |W^T W / s^2 - I| after each `project`.
+DEFAULT_TOLERANCE = 1e-5
+
+# Newton-Schulz steps `Orthogonal.project` adds where the first check fails, before a second
+# check and the SVD: with the default three, five steps take a singular value of 0.5 (over
+# scale) within 1e-6 of 1. Measured between them, each step would cost a nested `lax.cond`
+# and one more kernel-sized buffer.
+_EXTRA_ITERATIONS = 2
 
 
 # `Orthogonal.init` accepts a start whose singular values (over `scale`) lie in this range:
@@ -70,27 +79,49 @@ class Orthogonal(StatefulConstraint):
 
     * Called directly (or through `jaxcons.apply_constraints`): exact, one SVD. A kernel whose
       Gram matrix is within 4 ulps of ``s^2 I`` (``max |W^T W / s^2 - I| <= 4 eps``) comes
-      back bit for bit; a zero kernel stays zero (it has no polar factor). Gradients through
-      it are finite on the set and at zero (the SVD is not evaluated there); elsewhere they
-      are those of `jnp.linalg.svd`, undefined where two singular values coincide.
+      back bit for bit; a zero kernel stays zero (it has no polar factor). On the set the
+      derivative is the projection's own, the projection onto the tangent space (see
+      `tangent`), not the identity; at zero it is the identity; no SVD derivative is
+      evaluated at either. Elsewhere gradients are those of `jnp.linalg.svd`, undefined where
+      two singular values coincide.
     * Inside `jaxcons.constrain` (`project`): ``n_iterations`` Newton-Schulz (Björck-Bowie)
-      steps ``X <- X (3 I - X^T X) / 2`` on ``X = W / s``, only matrix products, no SVD.
-      Each step squares the distance to the set (an error ``e`` in a singular value becomes
-      about ``1.5 e^2``), so a kernel that was orthogonal one step ago comes back within
-      float32 rounding (the default count and its measured accuracy under Adam are in
-      BUILD.md, from ``benchmarks/orthogonal_iterations.py``).
+      steps ``X <- X (3 I - X^T X) / 2`` on ``X = W / s``, only matrix products. Each step
+      squares the distance to the set (an error ``e`` in a singular value becomes about
+      ``1.5 e^2``). Then the result is certified: its residual
 
-    Far from the set the fast method may not converge: the iteration diverges where a
-    singular value of ``W / s`` exceeds ``sqrt(3)`` and crawls where one is near 0. Two
-    guards: `init` rejects a concrete start whose singular values over ``s`` lie outside
-    ``[0.5, 1.5]`` (project the initial parameters with `jaxcons.apply_constraints` first);
-    and `project` estimates the largest singular value by two steps of power iteration,
-    warm-started from `OrthogonalState` as in `SpectralNorm`, and where it exceeds
-    ``1.5 s`` divides the kernel by it first (the polar factor is the same), so the steps
-    approach the set from below instead of diverging; the kernel may then take a few
-    training steps to come back within float32 rounding. After a step far too large for
-    that (a learning-rate spike, a checkpoint of another run), project with
-    `jaxcons.apply_constraints` again.
+      .. math:: r(W) = \\max_{ij} \\bigl| G / s^2 - I \\bigr|_{ij}
+
+      (max-abs, relative to ``s^2``; ``G`` the smaller Gram matrix, ``W^T W`` or ``W W^T``,
+      of the kernel as returned, in its own dtype, multiplied out in float32, float64 for a
+      float64 kernel) costs one more matrix product; it passes at ``tol - 16 eps`` (float32:
+      a margin for its own rounding). Else 2 more steps and a second check, then the exact
+      polar factor of the input (one SVD, which gathers a sharded kernel) follow, each behind
+      a `jax.lax.cond`: a step that passes runs neither, but XLA keeps their buffers (a
+      training step's temporaries grow by a few kernel sizes, BUILD.md). The guarantee: after
+      every step ``r <= tol``, or the SVD's polar factor, the best the dtype holds (not
+      checked again; ``r <= 7e-7`` in float32 on CPU, not yet measured on GPU). (Under
+      `jax.vmap` a `lax.cond` on a batched predicate runs every branch, the SVD included;
+      `jaxcons.constrain` does not vmap.)
+
+    ``tol=None`` (the default) is ``max(1e-5, attainable_tolerance(dtype))``: ``1e-5`` for
+    float32 and float64 kernels, ``2 eps`` of the dtype for bfloat16 (``0.0156``) and float16
+    (``0.00195``), which the rounding of the result alone may use up: rounding each entry of
+    an orthonormal ``Q`` by ``eps / 2`` moves each entry of ``Q^T Q`` by at most
+    ``eps + eps^2 / 4`` (Cauchy-Schwarz). A smaller explicit ``tol`` is refused at `init`:
+    `attainable_tolerance` is ``max(2 eps(dtype), 32 eps(float32))`` (``3.8e-6`` for
+    float32), above float32's measured floor: the SVD's polar factor and the iteration's
+    fixed point measured ``r <= 7e-7`` from 64x32 to 2048x2048, the float32 check's own
+    rounding below ``2e-7`` (CPU; ``benchmarks/orthogonal_iterations.py``, BUILD.md). The
+    steps also keep a guard: where a power-iteration estimate of the largest singular value,
+    warm-started from `OrthogonalState` as in `SpectralNorm`, exceeds ``1.5 s`` (the
+    iteration diverges above ``sqrt(3) s``) the kernel is divided by it first (the polar
+    factor is the same). `init` rejects a concrete start whose singular values over ``s``
+    lie outside ``[0.5, 1.5]``: project the initial parameters with
+    `jaxcons.apply_constraints` first.
+
+    `jaxcons.violations` stays the exact check, ``max |W - P(W)|`` against the exact polar
+    factor ``P``: for a residual ``r`` it is at most ``s k r`` (``k`` the size of ``G``:
+    ``|U D V^T|_{ij} <= |D|_2 <= |G / s^2 - I|_2 <= k r``).
 
     Its set is a smooth manifold (the Stiefel manifold): `tangent` projects an update onto
     the tangent space, ``G - W sym(W^T G) / s^2``, for `jaxcons.tangent` (Riemannian steps
@@ -99,11 +130,15 @@ class Orthogonal(StatefulConstraint):
     Args:
       scale: the scale ``s > 0`` (finite) of the orthonormal columns.
       n_iterations: Newton-Schulz steps per `project` call (a positive int).
+      tol: the bound on the residual ``r`` after each `project` (finite, in ``(0, 1)``), or
+        ``None``: ``max(1e-5, attainable_tolerance(dtype))``.
 
     Raises:
-      ValueError: at construction, for a ``scale`` that is not finite and > 0 or an
-        ``n_iterations`` that is not a positive int; when applied, for a parameter of rank
-        < 2; at `init`, for a concrete start too far from the set.
+      ValueError: at construction, for a ``scale`` that is not finite and > 0, an
+        ``n_iterations`` that is not a positive int or a ``tol`` that is not ``None`` or a
+        finite number in ``(0, 1)``; when applied, for a parameter of rank < 2; at `init`,
+        for a concrete start too far from the set or a ``tol`` below what the kernel's dtype
+        attains.
 
     Example:
       >>> import jax.numpy as jnp, jaxcons
@@ -117,6 +152,8 @@ class Orthogonal(StatefulConstraint):
       >>> c.project(near, c.init(near))[0].round(6)  # Three Newton-Schulz steps.
       Array([[1., 0.],
              [0., 1.]], dtype=float32)
+      >>> c.tolerance(jnp.float32), c.tolerance(jnp.bfloat16)  # tol=None: by dtype.
+      (1e-05, 0.015625)
 
     References:
       Björck and Bowie, "An iterative algorithm for computing the best estimate of an
@@ -131,9 +168,20 @@ class Orthogonal(StatefulConstraint):
     convex = False  # The Stiefel manifold.
     elementwise_bounds = None
 
-    def __init__(self, scale: float = 1.0, n_iterations: int = DEFAULT_NEWTON_SCHULZ_ITERATIONS):
+    def __init__(
+        self,
+        scale: float = 1.0,
+        n_iterations: int = DEFAULT_NEWTON_SCHULZ_ITERATIONS,
+        tol: float | None = None,
+    ):
         self.scale = positive_number("scale", scale)
         self.n_iterations = positive_int("n_iterations", n_iterations)
+        self.tol = None if tol is None else positive_number("tol", tol)
+        if self.tol is not None and self.tol >= 1:
+            raise ValueError(
+                "Orthogonal tol must be < 1 (a relative residual max |W^T W / s^2 - I|), "
+                f"got {tol!r}."
+            )
 
     def check(self, shape: tuple[int, ...], path: str) -> None:
         check_matrix("Orthogonal", shape, path)
@@ -150,6 +198,7 @@ class Orthogonal(StatefulConstraint):
         set every direction is a top singular direction)."""
         w = jnp.asarray(w)
         self.check(w.shape, "")
+        self.tolerance(w.dtype)
         matrix = as_matrix(w)
         if not isinstance(w, jax.core.Tracer):
             s = np.linalg.svd(np.asarray(matrix), compute_uv=False) / self.scale
@@ -167,14 +216,36 @@ class Orthogonal(StatefulConstraint):
         return OrthogonalState(u=like_last_axis(u, w))
 
     def project(self, w: jax.Array, state: OrthogonalState) -> tuple[jax.Array, OrthogonalState]:
-        """``n_iterations`` Newton-Schulz steps towards the set (no SVD), guarded against
-        divergence by a power-iteration estimate of the largest singular value."""
+        """``n_iterations`` Newton-Schulz steps towards the set, guarded against divergence
+        by a power-iteration estimate of the largest singular value, then `certify`: more
+        steps or one SVD where the residual exceeds `tolerance`."""
         w = jnp.asarray(w)
         self.check(w.shape, "")
+        tol = self.tolerance(w.dtype)
         kernel = w.astype(accumulation_dtype(w.dtype))
         sigma, u = power_iteration(kernel, state.u, _GUARD_POWER_ITERATIONS)
         y = newton_schulz(w, self.scale, self.n_iterations, jax.lax.stop_gradient(sigma))
-        return y, OrthogonalState(u=u)
+        return certify(w, y, self.scale, tol), OrthogonalState(u=u)
+
+    def tolerance(self, dtype: Any) -> float:
+        """The bound on the residual ``max |W^T W / s^2 - I|`` that `project` certifies for a
+        kernel of ``dtype``: ``tol``, or by default ``max(1e-5, attainable_tolerance(dtype))``.
+
+        Raises:
+          ValueError: for an explicit ``tol`` below `attainable_tolerance` of ``dtype``.
+        """
+        floor = attainable_tolerance(dtype)
+        if self.tol is None:
+            return max(DEFAULT_TOLERANCE, floor)
+        if self.tol < floor:
+            raise ValueError(
+                f"{self!r} asks for max |W^T W / s^2 - I| <= {self.tol:g} on a "
+                f"{np.dtype(dtype).name} kernel, but the smallest it can attain is {floor:.3g} "
+                "(max(2 eps of the dtype, 32 eps of float32): the rounding of an exact polar "
+                f"factor). Use tol >= {floor:.3g}, or tol=None (the default, "
+                f"{max(DEFAULT_TOLERANCE, floor):.3g} here)."
+            )
+        return self.tol
 
     def tangent(self, w: jax.Array, g: jax.Array) -> jax.Array:
         """Projects ``g`` onto the tangent space at ``w`` of the scaled Stiefel manifold:
@@ -184,7 +255,7 @@ class Orthogonal(StatefulConstraint):
         return stiefel_tangent(w, jnp.asarray(g), self.scale)
 
     def get_config(self) -> dict[str, Any]:
-        return {"scale": self.scale, "n_iterations": self.n_iterations}
+        return {"scale": self.scale, "n_iterations": self.n_iterations, "tol": self.tol}
 
 
 def _lead(w: jax.Array) -> tuple[int, ...]:
@@ -241,14 +312,20 @@ def polar(w: jax.Array, scale: float, tolerance: float) -> jax.Array:
     .. math:: P(W) = s\\, U V^\\top \\quad\\text{for } W = U \\Sigma V^\\top
 
     ``w`` itself is returned when `gram_deviation` is at most ``tolerance``; a zero kernel
-    stays zero.
+    stays zero. The derivative there is the polar map's own (`exact_projection`): on the set,
+    the projection onto its tangent space (`stiefel_tangent`), no SVD derivative evaluated
+    (all singular values coincide there); at zero, the identity.
     """
-    matrix = as_matrix(w)
-    zero = jnp.all(matrix == 0)
-    feasible = gram_deviation(w, scale) <= tolerance
-    u, _, vh = svd(matrix, zero | feasible)
-    projected = scale * jnp.matmul(u, vh, precision=HIGHEST)
-    return jnp.where(feasible | zero, w, like(projected, w))
+
+    def project(w: jax.Array) -> tuple[jax.Array, jax.Array]:
+        matrix = as_matrix(w)
+        zero = jnp.all(matrix == 0)
+        feasible = gram_deviation(w, scale) <= tolerance
+        u, _, vh = svd(matrix, zero | feasible)
+        projected = scale * jnp.matmul(u, vh, precision=HIGHEST)
+        return like(projected, w), ~(feasible | zero)
+
+    return exact_projection(project, w, on_set=lambda w, dw: stiefel_tangent(w, dw, scale))
 
 
 # `newton_schulz` divides the kernel by its estimated largest singular value (over ``scale``)
@@ -282,6 +359,60 @@ def newton_schulz(
     for _ in range(n_iterations):
         x = 1.5 * x - 0.5 * _times_gram(x, _gram(x))
     return (scale * x).astype(w.dtype)
+
+
+def attainable_tolerance(dtype: Any) -> float:
+    """The smallest residual tolerance `Orthogonal` certifies for kernels of ``dtype``:
+    ``max(2 eps(dtype), 32 eps(accumulation dtype))``.
+
+    Rounding an orthonormal ``Q`` to ``dtype`` (each entry by at most ``eps / 2``) moves each
+    entry of ``Q^T Q`` by at most ``eps + eps^2 / 4``; in float32 the SVD's polar factor and
+    the Newton-Schulz fixed point measured ``max |Q^T Q - I| <= 7e-7`` (about ``6 eps``) up to
+    2048x2048 (BUILD.md).
+    """
+    dtype = np.dtype(dtype)
+    wide = float(jnp.finfo(accumulation_dtype(dtype)).eps)
+    return max(2 * float(jnp.finfo(dtype).eps), 32 * wide)
+
+
+def certify(w: jax.Array, y: jax.Array, scale: float, tol: float) -> jax.Array:
+    """``y``, an approximation of ``scale`` times the polar factor of ``w`` (``w``'s shape and
+    dtype), where its residual ``max |G / s^2 - I|`` is at most ``tol``.
+
+    ``G`` is the smaller Gram matrix of ``y`` as returned (its own dtype, multiplied out in
+    the accumulation dtype): one matrix product. A measured residual passes at
+    ``tol - 16 eps`` of the accumulation dtype (``1.9e-6`` in float32): a margin for the
+    check's own rounding (measured up to ``2e-7``). Above it, `_EXTRA_ITERATIONS` more
+    Newton-Schulz steps from ``y`` (the first one product: ``G`` is at hand) and a second
+    check; above that, the exact polar factor of ``w`` by one SVD. Each choice is a
+    `jax.lax.cond` (only the branch taken runs, except under `jax.vmap`, where every branch
+    runs). A NaN residual fails every check, so a diverged iteration ends at the SVD.
+    """
+    dtype = accumulation_dtype(w.dtype)
+    passing = tol - 16 * float(jnp.finfo(dtype).eps)
+
+    def measured(y: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        z = y.astype(dtype)
+        gram = _gram(z) / (scale * scale)
+        x = z / scale
+        return x, gram, jnp.max(jnp.abs(gram - _identity_like_gram(x)))
+
+    def refine(x: jax.Array, gram: jax.Array) -> jax.Array:
+        for k in range(_EXTRA_ITERATIONS):
+            x = 1.5 * x - 0.5 * _times_gram(x, gram if k == 0 else _gram(x))
+        y = (scale * x).astype(w.dtype)
+        r = measured(y)[2]
+        return jax.lax.cond(r <= passing, lambda: y, lambda: _svd_polar(w, scale))
+
+    x, gram, r = measured(y)
+    return jax.lax.cond(r <= passing, lambda: y, lambda: refine(x, gram))
+
+
+def _svd_polar(w: jax.Array, scale: float) -> jax.Array:
+    """``scale`` times the polar factor of ``w`` by one SVD (of the whole matrix: on a mesh it
+    is gathered); for a zero kernel, the SVD's choice of orthonormal factors."""
+    u, _, vh = jnp.linalg.svd(as_matrix(w), full_matrices=False)
+    return like(scale * jnp.matmul(u, vh, precision=HIGHEST), w)
 
 
 def stiefel_tangent(w: jax.Array, g: jax.Array, scale: float) -> jax.Array:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcons._src.base import Constraint
-from jaxcons._src.numerics import accumulation_dtype
+from jaxcons._src.numerics import accumulation_dtype, exact_projection
 
 _RADIAL_MODES = ("mean", "tf_keras")
 
@@ -127,20 +127,27 @@ def radial_mean(w: jax.Array) -> jax.Array:
     """Replaces every ring of each ``k x k`` slice of ``w`` (``(k, k, in, out)``) by its mean.
 
     The orthogonal projection onto ring-constant kernels; a ring that is already constant is
-    returned bit for bit. Only elementwise operations and reductions over the two spatial
-    axes are used (no gather or scatter), so a kernel sharded over its channels stays so.
+    returned bit for bit, and the derivative is the projection's own everywhere (it is linear:
+    the ring means of ``dw``), not the identity on constant rings (`exact_projection`). Only
+    elementwise operations and reductions over the two spatial axes are used (no gather or
+    scatter), so a kernel sharded over its channels stays so.
     """
-    w = jnp.asarray(w)
-    x = w.astype(accumulation_dtype(w.dtype))
-    out = w
-    for mask in _ring_masks(w.shape[0]):
-        i, j = np.argwhere(mask[:, :, 0, 0])[0]
-        first = w[i : i + 1, j : j + 1]
-        constant = jnp.all(jnp.where(mask, w == first, True), axis=(0, 1), keepdims=True)
-        total = jnp.sum(jnp.where(mask, x, 0), axis=(0, 1), keepdims=True)
-        mean = (total / int(mask.sum())).astype(w.dtype)
-        out = jnp.where(mask & ~constant, mean, out)
-    return out
+
+    def project(w: jax.Array) -> tuple[jax.Array, jax.Array]:
+        x = w.astype(accumulation_dtype(w.dtype))
+        out, moved = w, None
+        for mask in _ring_masks(w.shape[0]):
+            i, j = np.argwhere(mask[:, :, 0, 0])[0]
+            first = w[i : i + 1, j : j + 1]
+            constant = jnp.all(jnp.where(mask, w == first, True), axis=(0, 1), keepdims=True)
+            total = jnp.sum(jnp.where(mask, x, 0), axis=(0, 1), keepdims=True)
+            out = jnp.where(mask, (total / int(mask.sum())).astype(w.dtype), out)
+            ring = ~constant & mask
+            moved = ring if moved is None else moved | ring
+        assert moved is not None  # A kernel has at least one ring.
+        return out, moved
+
+    return exact_projection(project, jnp.asarray(w))
 
 
 def radial_tf_keras(w: jax.Array) -> jax.Array:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxcons._src.base import StatefulConstraint
 from jaxcons._src.linalg import (
@@ -18,6 +20,7 @@ from jaxcons._src.linalg import (
 )
 from jaxcons._src.numerics import accumulation_dtype
 from jaxcons._src.schedules import Evaluated, Scheduled, schedulable
+from jaxcons._src.spectral_bound import certified_spectral_bound
 from jaxcons._src.validation import positive_int, positive_number
 
 
@@ -45,20 +48,29 @@ class SpectralNorm(StatefulConstraint):
     ``(prod(shape[:-1]), shape[-1])`` (a Conv2D kernel ``(h, w, in, out)`` as
     ``(h * w * in, out)``). A kernel already inside the bound comes back bit for bit, a zero
     kernel stays zero (with a finite gradient), and the dtype is kept (norms are computed in
-    float32, or float64 for float64 kernels). Rounding the scaled kernel back to its dtype
-    can leave ``sigma`` a few ulps above ``max_value`` (up to ~0.2% for bfloat16).
+    float32, or float64 for float64 kernels).
 
     Two ways to compute ``sigma``:
 
-    * Called directly (or through `jaxcons.apply_constraints`), it is exact (an SVD).
-    * Inside `jaxcons.constrain`, `project` runs ``n_power_iterations`` steps of power
-      iteration (Miyato et al., 2018) warm-started from the vector in `SpectralNormState`,
-      which the transform carries across training steps. `init` starts that vector at the
-      kernel's exact top right singular vector (one SVD, once), so the estimate is exact
-      at the first step; afterwards it is a lower bound on ``sigma`` that tracks it as the
-      kernel changes, and the bound holds as well as the iteration tracks (a kernel that
-      only grows, ``W <- 1.5 W``, stays within ``1e-5``; the README gives the figures
-      measured under Adam). `jaxcons.violations` gives the exact excess when it matters.
+    * Called directly (or through `jaxcons.apply_constraints`), it is exact (an SVD); rounding
+      the scaled kernel back to its dtype can leave ``sigma`` a few ulps above ``max_value``
+      (up to ~0.2% for bfloat16).
+    * Inside `jaxcons.constrain`, `project` scales by a *certified upper bound* on ``sigma``
+      (`clip_to_certified_bound`), so the returned kernel provably has ``sigma <= max_value``,
+      the rounding of every operation and of the result's dtype included. The bound is one
+      Gram matrix ``W^T W`` (the smaller one), an estimate of its top eigenvalue by Lanczos
+      started from the vector in `SpectralNormState`, and a Cholesky factorization of
+      ``tau I - W^T W`` just above that estimate that proves it (for Gram matrices up to
+      575 x 575 in float32); when that fails, or for larger ones, Chebyshev squarings of the
+      shifted Gram matrix (see `jaxcons.spectral_norm_bound`). A kernel the
+      certificate proves inside the ball comes back bit for bit (one within ~1e-4 of the
+      boundary may be scaled by that much); one outside is put within 0.3% of the bound in
+      float32 (measured: ``sigma / max_value`` in [0.998, 1.0] under Adam, README), within
+      ~0.3% plus ``2^-8 || |W| ||_2 / sigma`` for bfloat16 (its rounding must be covered).
+      `project` still runs ``n_power_iterations`` steps of power iteration (Miyato et al.,
+      2018) from ``state.u``, which the transform carries across training steps: they give
+      the new state (as before) and the derivative of the scale. `init` starts that vector at
+      the kernel's exact top right singular vector (one SVD, once).
 
     Only kernels of rank >= 2 are accepted: a rank-1 or rank-0 parameter (a bias, a scale)
     matched by a too-broad rule raises a ``ValueError`` naming its path and shape. To bound
@@ -144,12 +156,18 @@ class SpectralNorm(StatefulConstraint):
     def project(
         self, w: jax.Array, state: SpectralNormState
     ) -> tuple[jax.Array, SpectralNormState]:
-        """Projects ``w`` with ``sigma`` estimated by power iteration from ``state.u``."""
+        """Scales ``w`` into the ball by a certified upper bound on ``sigma``.
+
+        ``n_power_iterations`` steps of power iteration from ``state.u`` give the new state
+        (as before) and the derivative; the certificate starts from the new vector (see
+        `clip_to_certified_bound`).
+        """
         w = jnp.asarray(w)
         self.check(tuple(w.shape), "")
         kernel = w.astype(accumulation_dtype(w.dtype))
         sigma, u = power_iteration(kernel, state.u, self.n_power_iterations)
-        return clip_spectral_norm(w, sigma, cast(Evaluated, self._max)), SpectralNormState(u=u)
+        projected = clip_to_certified_bound(w, sigma, u, cast(Evaluated, self._max))
+        return projected, SpectralNormState(u=u)
 
     def get_config(self) -> dict[str, Any]:
         return {"max_value": self.max_value, "n_power_iterations": self.n_power_iterations}
@@ -165,3 +183,61 @@ def clip_spectral_norm(w: jax.Array, sigma: jax.Array, max_value: Evaluated) -> 
     bound = jnp.asarray(max_value, dtype)
     scale = bound / jnp.maximum(sigma.astype(dtype), bound)
     return (w.astype(dtype) * scale).astype(w.dtype)
+
+
+# The certificate is first tried 1e-4 (float32; 1e-12 in float64) above the Lanczos estimate
+# of sigma^2; Gram matrices larger than 575 x 575 take this many Chebyshev squarings.
+CERTIFICATE_RTOL = 1e-4
+CERTIFICATE_RTOL_FLOAT64 = 1e-12
+CERTIFICATE_MAX_SQUARINGS = 6
+
+
+def clip_to_certified_bound(
+    w: jax.Array, sigma: jax.Array, u: jax.Array, max_value: Evaluated
+) -> jax.Array:
+    """Returns ``w`` if a certificate proves ``sigma_max(w) <= max_value``, else ``w * s`` in
+    ``w``'s dtype with ``s`` small enough that the result provably has ``sigma_max <=
+    max_value``, rounding included.
+
+    With ``U`` the certified bound and ``N >= || |w| ||_2`` (both from
+    `jaxcons.spectral_norm_bound`, started from ``u``), the returned kernel is
+    ``fl(fl32(s w))``: each entry is off by at most ``(u_32 + u_d (1 + u_32))`` relatively (``u_d``
+    the unit roundoff of ``w``'s dtype where it is narrower than the compute dtype), plus less
+    than the smallest normal number ``eta_d`` of that dtype where it underflows, so
+
+    .. math:: \\sigma_{\\max}(\\tilde W) \\le s U + s (u_{32} + u_d (1 + u_{32})) N
+        + \\sqrt{\\mathrm{size}}\\, \\eta_d \\le c
+
+    for ``s = (c - sqrt(size) eta_d) / (U + (u_32 + u_d (1 + u_32)) N)``, rounded down. The
+    derivative of ``s`` is that of ``c / sigma`` scaled by ``U / sigma``, ``sigma`` being the
+    power-iteration estimate (whose derivative is ``v u^T``), as before the certificate.
+    """
+    dtype = accumulation_dtype(w.dtype)
+    kernel = w.astype(dtype)
+    c = jnp.asarray(max_value, dtype)
+    cert = certified_spectral_bound(
+        kernel,
+        u,
+        rtol=CERTIFICATE_RTOL_FLOAT64 if dtype == np.float64 else CERTIFICATE_RTOL,
+        max_squarings=CERTIFICATE_MAX_SQUARINGS,
+        stop_below=c,
+    )
+    unit = 2.0 ** -(np.finfo(dtype).nmant + 1)
+    narrow = np.dtype(w.dtype) != dtype
+    unit_out = 2.0 ** -(np.finfo(w.dtype).nmant + 1) if narrow else 0.0
+    relative = unit + unit_out * (1 + unit)
+    underflow = math.sqrt(w.size) * float(np.finfo(w.dtype).tiny)
+    up = jnp.asarray(jnp.inf, dtype)
+    down = jnp.asarray(0, dtype)
+    denominator = jnp.nextafter(cert.bound + jnp.nextafter(relative * cert.abs_norm, up), up)
+    numerator = jnp.maximum(jnp.nextafter(c - underflow, down), 0)
+    scale = jnp.nextafter(numerator / denominator, down)
+    # The value is `scale`; the derivative that of c / sigma times U / sigma.
+    sigma = sigma.astype(dtype)
+    frozen = jax.lax.stop_gradient(sigma)
+    slope = jax.lax.stop_gradient(
+        jnp.where(frozen > 0, scale / jnp.where(frozen > 0, frozen, 1), 0)
+    )
+    scale = jax.lax.stop_gradient(scale) - slope * (sigma - frozen)
+    scaled = (kernel * scale).astype(w.dtype)
+    return jnp.where(cert.bound <= c, w, scaled)

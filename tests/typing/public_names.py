@@ -75,6 +75,7 @@ NAMES = [
     jaxcons.simplex,
     jaxcons.singular_value_clip,
     jaxcons.spectral_norm,
+    jaxcons.spectral_norm_bound,
     jaxcons.symmetric,
     jaxcons.tangent,
     jaxcons.top_k,

@@ -153,3 +153,38 @@ def test_parameter_sized_moves_ignores_reductions_and_small_gathers() -> None:
     assert checks.parameter_size(params) == 64 * 128  # Replicated and 1-D leaves don't count.
     big = checks.parameter_sized_moves(checks.collectives(_HLO), params)
     assert [(c.op, c.elements) for c in big] == [("all-gather", 256 * 64)] * 2
+
+
+_BRANCH_HLO = """\
+%fallback.3 (x.0: (f32[256,64])) -> (f32[256,64]) {
+  %gather = f32[256,64]{1,0} all-gather(f32[32,64]{1,0} %p), dimensions={0}
+  %svd = f32[256,64]{1,0} fusion(%gather), kind=kLoop, calls=%fused_svd.1
+}
+%fused_svd.1 (param_0: f32[256,64]) -> f32[256,64] {
+  %inner = f32[256,64]{1,0} all-gather(f32[32,64]{1,0} %param_0), dimensions={0}
+}
+%pass.4 (x.1: (f32[256,64])) -> (f32[256,64]) {
+  %id = f32[256,64]{1,0} copy(%x.1)
+}
+ENTRY %main.7 (w: f32[32,64]) -> f32[256,64] {
+  %gram = f32[64,64]{1,0} all-reduce(f32[64,64]{1,0} %g), to_apply=%add
+  %c = (f32[256,64]) conditional(%pred, %t, %t), branch_computations={%pass.4, %fallback.3}
+  %late = f32[256,64]{1,0} all-gather(f32[32,64]{1,0} %w), dimensions={0}
+}
+"""
+
+
+def test_collectives_in_conditional_branches_are_marked() -> None:
+    # A certified constraint's fallback lies in a cond branch: its gathers (and those of the
+    # computations it calls) are marked, and gather_problems looks past them; one outside is not.
+    found = checks.collectives(_BRANCH_HLO)
+    assert [(c.op, c.elements, c.in_branch) for c in found] == [
+        ("all-gather", 256 * 64, True),
+        ("all-gather", 256 * 64, True),
+        ("all-reduce", 64 * 64, False),
+        ("all-gather", 256 * 64, False),
+    ]
+    assert checks.describe(found[:1]) == "all-gather f32[256,64] (in a cond branch)"
+    params = {"kernel": _leaf((32, 64), replicated=False)}
+    assert checks.gather_problems(found[:3], params) == []
+    assert checks.gather_problems(found, params) != []

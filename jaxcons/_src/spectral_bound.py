@@ -1,5 +1,5 @@
 """A certified upper bound on the largest singular value of a kernel: a Gram matrix, Lanczos, and
-a Cholesky factorization (or Chebyshev squarings) whose rounding is accounted for."""
+a Cholesky factorization whose rounding is accounted for."""
 
 from __future__ import annotations
 
@@ -17,13 +17,12 @@ from jaxcons._src.rounding import (
     gamma,
     magnitude_bits,
     max_row_sum,
-    pow2,
     sum_bound,
     times_pow2,
     unit_roundoff,
     up,
 )
-from jaxcons._src.validation import positive_int, real_number
+from jaxcons._src.validation import real_number
 
 
 class SpectralBound(NamedTuple):
@@ -48,27 +47,33 @@ def _mirror_upper(a: jax.Array) -> jax.Array:
     return jnp.where(jnp.triu(jnp.ones((n, n), bool)), a, a.T)
 
 
-CHOLESKY_MAX_MARGIN = 0.02
+# How far inside the ball (relative, on sigma^2) the certificate of a kernel believed inside it
+# is tried: room for the factorization's rounding margin, so that its success still proves
+# sigma_max <= stop_below.
+FEASIBLE_MARGIN = 2.0**-12
 
 
 def _cholesky_bound(gram: jax.Array, tau: jax.Array, u: float) -> jax.Array:
     """An upper bound on ``lambda_max(gram)`` (exactly symmetric) if the Cholesky factorization
     of ``M = fl(tau I - gram)`` runs to completion, ``inf`` otherwise.
 
-    If it completes, the computed factor satisfies ``R^T R = M + E`` with
-    ``|E| <= gamma_{n+1} |R^T| |R|`` (Higham, Theorem 10.3), hence ``||E||_2 <= gamma_{n+1}
-    ||R||_F^2 <= gamma_{n+1} tr(M) / (1 - gamma_{n+1})``, and ``M + E`` is positive
+    If it completes, the computed factor satisfies ``L L^T = M + E`` with
+    ``|E| <= gamma_{n+1} |L| |L^T|`` (Higham, Theorem 10.3), and ``M + E`` is positive
     semidefinite: ``lambda_max(gram) <= tau + ||E||_2 + u max_i m_ii`` (the diagonal of ``M``
-    is rounded once, off-diagonal entries are exact).
+    is rounded once, off-diagonal entries are exact). ``|| |L| |L^T| ||_2`` is bounded a
+    posteriori by the smaller of ``||L||_F^2`` and ``|| |L| ||_1 || |L| ||_inf`` (its largest
+    column and row sums): the second is far smaller when ``L`` is nearly diagonal, as for the
+    Gram matrix of a random kernel, where ``||L||_F^2 = tr(M)`` grows like ``n tau``.
     """
     n = gram.shape[0]
     m = tau * jnp.eye(n, dtype=gram.dtype) - gram
-    factor = jax.lax.linalg.cholesky(m, symmetrize_input=False)
+    factor = jnp.tril(jax.lax.linalg.cholesky(m, symmetrize_input=False))
     completed = jnp.all(jnp.isfinite(factor))
     diagonal = jnp.diagonal(m)
-    g = gamma(n + 1, u)
-    trace = sum_bound(jnp.sum(diagonal), n, u)
-    margin = up(up(g / (1 - g) * trace) + up(u * jnp.max(diagonal)))
+    magnitude = jnp.abs(factor)
+    frobenius = sum_bound(jnp.sum(jnp.square(magnitude)), n * n, u)
+    sums = up(max_row_sum(magnitude, u) * max_row_sum(magnitude.T, u))
+    margin = up(up(gamma(n + 1, u) * jnp.minimum(frobenius, sums)) + up(u * jnp.max(diagonal)))
     return jnp.where(completed & jnp.all(diagonal > 0), up(tau + margin), jnp.inf)
 
 
@@ -145,7 +150,6 @@ def certified_spectral_bound(
     start: jax.Array | None = None,
     *,
     rtol: float | None = None,
-    max_squarings: int = 6,
     n_lanczos: int = 24,
     stop_below: jax.Array | float | None = None,
 ) -> SpectralBound:
@@ -156,12 +160,11 @@ def certified_spectral_bound(
     method, the rounding analysis and the contract. ``start`` (shape ``(out,)``) is a guess
     of the top right singular vector (`SpectralNorm` passes its power-iteration vector).
 
-    Gram matrices up to ``575 x 575`` (float32) are certified by one Cholesky factorization at
-    ``(1 + rtol)`` times the Lanczos estimate of ``lambda_max`` (or at the ball ``stop_below^2``
-    less its margin, when given and larger: its success proves ``sigma_max <= stop_below``).
-    Only when that factorization fails does a `jax.lax.cond` run the ladder ``(1 + 50 rtol)``,
-    1.02, 1.2 and 2 times the estimate; larger Gram matrices take ``max_squarings`` Chebyshev
-    squarings.
+    The bound is certified by one Cholesky factorization at ``(1 + rtol)`` times the Lanczos
+    estimate of ``lambda_max`` (or just inside the ball ``stop_below^2``, when given and
+    larger: its success proves ``sigma_max <= stop_below`` unless the rounding margin is
+    unusually large). Only when that factorization fails does a `jax.lax.cond` run the ladder
+    ``(1 + 50 rtol)``, 1.02, 1.2 and 2 times the estimate.
 
     The value is a constant under differentiation (the constraints that scale by it give the
     scale the derivative of their own estimate).
@@ -213,17 +216,6 @@ def certified_spectral_bound(
     ritz = _lanczos_top(gram, vec, n_lanczos)
 
     estimate = jnp.maximum(ritz, jnp.trace(gram) / n)  # Both <= lambda_max.
-    mu = jnp.where(estimate > 0, estimate, 1)
-    alpha = 2 / mu
-
-    # 4. C~_0 = fl(alpha A~ - I) = alpha A~ - I + D, ||D||_2 <= u (alpha || |A~| || + max|c_ii|).
-    eye = jnp.eye(n, dtype=dtype)
-    d = alpha * gram - eye
-    c0_error = up(
-        up(u * (1 + 2 * u) * (alpha * max_row_sum(jnp.abs(gram), u) + jnp.max(jnp.abs(d))))
-        + 4 * n * tiny
-    )
-    g_n = gamma(n, u)
 
     def sigma_from_lambda(lam: jax.Array) -> jax.Array:
         """sigma_max(W) from an upper bound on lambda_max(A~)."""
@@ -231,56 +223,29 @@ def certified_spectral_bound(
         sigma = up(up(jnp.sqrt(lam)) + scaling_error)
         return times_pow2(sigma, exponent)
 
-    def sigma_bound(x_top: jax.Array) -> jax.Array:
-        """sigma_max(W) from an upper bound on lambda_max(alpha A~ - I)."""
-        return sigma_from_lambda(up(up(up(x_top + c0_error) + 1) / alpha))
+    # 4. Without a factorization: lambda_max(A~) <= its largest absolute row sum (Gershgorin),
+    # tight when the columns are orthogonal; never worse than the ladder's last rung fails.
+    best = sigma_from_lambda(max_row_sum(jnp.abs(gram), u))
 
-    best = sigma_bound(max_row_sum(jnp.abs(d), u))
-    if n * gamma(n + 1, u) <= CHOLESKY_MAX_MARGIN:
-        # 5. A Cholesky factorization of tau I - A~ that runs to completion proves
-        # lambda_max(A~) <= tau + its rounding margin (a sixth of a product). The common step
-        # tries one tau: just above the estimate (1 + rtol), or the ball's own bound when that
-        # is larger (its success certifies sigma_max <= stop_below). Only if it fails (a poor
-        # estimate) does the ladder run, further above the estimate; the smallest bound
-        # proved is kept.
-        first = estimate * (1 + rtol)
-        if stop_below is not None:
-            c2 = jnp.square(times_pow2(jnp.asarray(stop_below, dtype), -exponent))
-            margin = n * gamma(n + 1, u) + 4 * u
-            first = jnp.maximum((c2 - gram_error) * (1 - 4 * u) / (1 + margin), first)
-        primary = _cholesky_bound(gram, first, u)
+    # 5. A Cholesky factorization of tau I - A~ that runs to completion proves
+    # lambda_max(A~) <= tau + its rounding margin (a sixth of a product). The common step
+    # tries one tau: just above the estimate (1 + rtol), or just inside the ball's own bound
+    # when that is larger (its success certifies sigma_max <= stop_below). Only if it fails (a
+    # poor estimate) does the ladder run, further above the estimate; the smallest bound proved
+    # is kept.
+    first = estimate * (1 + rtol)
+    if stop_below is not None:
+        c2 = jnp.square(times_pow2(jnp.asarray(stop_below, dtype), -exponent))
+        inside = (c2 - gram_error) * (1 - 4 * u) / (1 + FEASIBLE_MARGIN)
+        first = jnp.maximum(inside, first)
+    primary = _cholesky_bound(gram, first, u)
 
-        def ladder() -> jax.Array:
-            taus = estimate * (1 + jnp.asarray(np.array([50 * rtol, 0.02, 0.2, 1.0]), dtype))
-            return jnp.min(jnp.stack([_cholesky_bound(gram, tau, u) for tau in taus]))
+    def ladder() -> jax.Array:
+        taus = estimate * (1 + jnp.asarray(np.array([50 * rtol, 0.02, 0.2, 1.0]), dtype))
+        return jnp.min(jnp.stack([_cholesky_bound(gram, tau, u) for tau in taus]))
 
-        proved = jax.lax.cond(jnp.isfinite(primary), lambda: primary, ladder)
-        best = jnp.minimum(best, sigma_from_lambda(proved))
-    else:
-        # 6. Chebyshev squarings, a fixed number of them (no loop whose length depends on the
-        # data: the same program on every device of a mesh, and no host round trip on a GPU).
-        # D_{k+1} = 2^g D_k^2 - 2^-s' I + G_k is the normalized C_{k+1} = 2 C_k^2 - I.
-        s = jnp.zeros((), jnp.int32)
-        record: list[tuple[jax.Array, jax.Array, jax.Array]] = []
-        for _ in range(max_squarings):
-            nu = max_row_sum(jnp.abs(d), u)
-            p = _mirror_upper(jnp.matmul(d, d, precision=HIGHEST))
-            pmax = jnp.max(jnp.abs(p))
-            s_next = jnp.maximum(2 * s + 1 + jnp.frexp(pmax)[1], 0)
-            g = 2 * s + 1 - s_next
-            shift = jnp.where(-s_next >= np.finfo(dtype).minexp, pow2(-s_next, dtype), 0)
-            p = times_pow2(p, g)
-            d = p - shift * eye
-            error = times_pow2(up(g_n * up(nu * nu)), g)
-            error = error + u * (jnp.max(jnp.abs(jnp.diagonal(p))) + shift) + (4 * n + 1) * tiny
-            record.append((g, jnp.maximum(shift, tiny), up(error * (1 + 8 * u))))
-            s = s_next
-            # Backwards from lambda_max(D_k) <= its largest absolute row sum to D_0.
-            top = max_row_sum(jnp.abs(d), u)
-            for g_j, shift_j, error_j in reversed(record):
-                t = up(up(top + shift_j) + error_j)
-                top = up(jnp.sqrt(times_pow2(t, -g_j)))
-            best = jnp.minimum(best, sigma_bound(top))
+    proved = jax.lax.cond(jnp.isfinite(primary), lambda: primary, ladder)
+    best = jnp.minimum(best, sigma_from_lambda(proved))
 
     abs_norm = times_pow2(up(up(jnp.sqrt(nu_x)) + scaling_error), exponent)
     nonfinite = ~jnp.isfinite(amax)
@@ -294,7 +259,6 @@ def spectral_norm_bound(
     *,
     start: jax.typing.ArrayLike | None = None,
     rtol: float | None = None,
-    max_squarings: int = 6,
 ) -> jax.Array:
     """A certified upper bound on the largest singular value of a kernel, rounding included.
 
@@ -310,23 +274,14 @@ def spectral_norm_bound(
     One matrix product forms the smaller Gram matrix ``A`` (``W W^T`` for a wide ``W``), after
     ``W`` is scaled by an exact power of two (its entries may be anywhere in the float range).
     24 Lanczos steps on ``A`` (matrix-vector products, from ``start`` when given) give an
-    estimate ``rho`` of ``lambda_max(A)``, and the bound is proved in one of two ways:
-
-    * **Cholesky** (Gram matrices up to 575 x 575 in float32; a sixth of a product): a
-      factorization of ``tau I - A`` that runs to completion proves ``tau I - A`` positive
-      definite up to its rounding. It is tried at ``tau = rho (1 + rtol)``, within about
-      ``rtol / 2`` of ``sigma_max`` plus the rounding margin when ``rho`` is that good; only if
-      it fails does a `jax.lax.cond` try ``1 + 50 rtol``, 1.02, 1.2 and 2 times ``rho``.
-    * **Chebyshev squarings** (larger Gram matrices): with ``C_0 = (2 / rho) A - I``,
-      ``lambda_max(A) = rho (1 + lambda_max(C_0)) / 2``, and ``C_{k+1} = 2 C_k^2 - I`` is
-      ``T_{2^k}(C_0)`` (one product per step): eigenvalues of ``C_0`` in ``[-1, 1]`` stay there
-      and one above 1 grows like ``cosh(2^k acosh x)``, so the bound read back from the largest
-      row sum of ``|C_k|`` overestimates by at most about ``(acosh(sqrt(n)) / 2^k)^2 / 4``
-      (quadratic in ``2^-k``), where the Gram iteration of Delattre et al. (2023), the same
-      products without the shift, overestimates by ``n^(1 / 2^(k+1)) - 1``.
-
-    Either way the bound is also at most the one read from ``C_0`` itself (no product), which
-    is tight when all singular values are nearly equal (an orthogonal matrix).
+    estimate ``rho`` of ``lambda_max(A)``. A Cholesky factorization of ``tau I - A`` (a sixth
+    of a product) that runs to completion proves ``tau I - A`` positive definite up to its
+    rounding. It is tried at ``tau = rho (1 + rtol)``, within about ``rtol / 2`` of
+    ``sigma_max`` plus the rounding margin when ``rho`` is that good; only if it fails does a
+    `jax.lax.cond` try ``1 + 50 rtol``, 1.02, 1.2 and 2 times ``rho``. The bound is also at
+    most the square root of the largest absolute row sum of ``A`` (Gershgorin), tight when the
+    columns are orthogonal. This is the Gram step of Delattre et al. (2023) followed by an
+    exact certificate instead of more squarings, so it costs about one product, not several.
 
     **Rounding.** The bound covers the rounding of every operation, with ``u`` the unit
     roundoff (``2^-24`` in float32), ``gamma_k = k u / (1 - k u)`` and ``eta`` the smallest
@@ -341,34 +296,23 @@ def spectral_norm_bound(
        + 2 m n eta``, with ``nu`` the largest row sum of ``|W_s|^T |W_s|`` (two matrix-vector
        products), which bounds ``|| |W_s|^T |W_s| ||_2``. ``A~`` is made exactly symmetric by
        mirroring its upper triangle.
-    3. Cholesky: if the factorization of ``M = fl(tau I - A~)`` completes, ``R^T R = M + E``
-       with ``|E| <= gamma_{n+1} |R^T| |R|`` (Higham, Theorem 10.3), so ``||E||_2 <=
-       gamma_{n+1} tr(M) / (1 - gamma_{n+1})`` and ``lambda_max(A~) <= tau + ||E||_2 + u max
-       m_ii``.
-    4. Chebyshev: ``C~_0 = fl(alpha A~ - I)`` is off by at most ``u (1 + 2u) (alpha || |A~| ||_2
-       + max |c_ii|)``; each squaring ``C~_{k+1} = fl(2 C~_k^2 - I)`` by ``e_k = 2 gamma_n ||
-       |C~_k| ||_2^2 + u (max |2 (C~_k^2)_ii| + 1)`` (plus ``eta`` terms), on matrices kept
-       normalized by exact powers of two (no overflow). Weyl's inequality gives
-       ``lambda_max(C~_{k+1}) >= 2 lambda_max(C~_k)^2 - 1 - e_k``, so ``lambda_max(C~_k) <=
-       sqrt((lambda_max(C~_{k+1}) + 1 + e_k) / 2)``, applied backwards from the largest
-       absolute row sum of ``C~_K``: each error enters one square root per level, none is
-       amplified.
-    5. The scalar chain only adds, multiplies, divides and takes square roots of nonnegative
+    3. If the factorization of ``M = fl(tau I - A~)`` completes, the computed factor has
+       ``L L^T = M + E`` with ``|E| <= gamma_{n+1} |L| |L^T|`` (Higham, Theorem 10.3), so
+       ``||E||_2 <= gamma_{n+1} min(||L||_F^2, || |L| ||_1 || |L| ||_inf)`` (read off the
+       computed ``L``) and ``lambda_max(A~) <= tau + ||E||_2 + u max m_ii``.
+    4. The scalar chain only adds, multiplies, divides and takes square roots of nonnegative
        numbers (monotone operations), and each result is moved up by one ulp: an upper bound of
        the exact value.
 
-    The margin is relative ``~ gamma_m nu / (2 lambda_max)`` plus the certificate's share
-    (``n gamma_{n+1} tr(M) / (2 tau)`` for Cholesky): ``nu / lambda_max`` is 1 for a rank-one
-    matrix with entries of one sign, about ``0.16 n`` for a Gaussian ``n x n`` one and ``0.64
-    n`` for a dense orthogonal one. Measured in float32 (NumPy float64 SVD as reference):
-    Gaussian 32x32 3.5e-5, 144x32 7e-5, 256x256 1.8e-3, 1024x1024 8.4e-3; orthogonal 32x32
-    2.4e-5, 64x64 8.6e-5, 256x256 1.3e-3, 1024x1024 2.0e-2, which is about ``0.3 n^2 u``: in
-    float32 no certificate built on a computed ``W^T W`` can be tighter than that product's
-    worst-case rounding. Sums of a dot product are assumed to be float32 (or wider) IEEE
-    operations in any order, as on CPUs and on GPUs at ``Precision.HIGHEST`` (no TF32), and the
-    Cholesky factorization a standard one (LAPACK, cuSOLVER); TPUs emulate float32 products
-    with bfloat16 passes at ``HIGHEST``, whose error is of the same order but outside this
-    proof.
+    The margin is relative ``~ gamma_m nu / (2 lambda_max)`` (the Gram product's worst case:
+    ``nu / lambda_max`` is 1 for a rank-one matrix with entries of one sign, about ``0.16 n``
+    for a Gaussian ``n x n`` one and ``0.64 n`` for a dense orthogonal one) plus the
+    factorization's, usually far smaller. BUILD.md ("SpectralNorm certificate") gives the
+    measured excess over the float64 SVD's value, from 32x32 to 2048x2048. Sums of a dot
+    product are assumed to be float32 (or wider) IEEE operations in any order, as on CPUs and
+    on GPUs at ``Precision.HIGHEST`` (no TF32), and the Cholesky factorization a standard one
+    (LAPACK, cuSOLVER); TPUs emulate float32 products with bfloat16 passes at ``HIGHEST``,
+    whose error is of the same order but outside this proof.
 
     Args:
       w: a floating array of rank >= 2 (bfloat16, float16 and float32 are computed in
@@ -376,14 +320,11 @@ def spectral_norm_bound(
       start: an optional guess of the top right singular vector of the matrix view, shape
         ``(w.shape[-1],)``; a fixed random vector otherwise. It only affects how tight the
         bound is.
-      rtol: the Cholesky certificate (Gram matrices up to 575 x 575 in float32) is tried
-        first at ``(1 + rtol)`` times the Lanczos estimate of ``sigma_max^2``, so the bound
-        is within about ``rtol / 2`` of ``sigma_max`` plus the rounding margin when the
-        estimate is that good (a finite number >= 0; default ``1e-5``, ``1e-12`` for
-        float64). The looser tries (``1 + 50 rtol``, 1.02, 1.2, 2) cover a poor estimate.
-      max_squarings: the number of Chebyshev squarings (matrix products of the Gram
-        matrix's size) for larger Gram matrices, on top of the one product that forms the
-        Gram matrix (a positive int).
+      rtol: the certificate is tried first at ``(1 + rtol)`` times the Lanczos estimate of
+        ``sigma_max^2``, so the bound is within about ``rtol / 2`` of ``sigma_max`` plus the
+        rounding margin when the estimate is that good (a finite number >= 0; default
+        ``1e-5``, ``1e-12`` for float64). The looser tries (``1 + 50 rtol``, 1.02, 1.2, 2)
+        cover a poor estimate.
 
     Returns:
       A scalar of the compute dtype, never below the exact largest singular value of ``w``'s
@@ -392,8 +333,8 @@ def spectral_norm_bound(
       NaN. It is a constant under differentiation. Works under ``jax.jit`` and ``jax.vmap``.
 
     Raises:
-      ValueError: if ``w`` has rank < 2, ``start`` the wrong shape, ``rtol`` is not a finite
-        number >= 0 or ``max_squarings`` is not a positive int.
+      ValueError: if ``w`` has rank < 2, ``start`` the wrong shape or ``rtol`` is not a
+        finite number >= 0.
       TypeError: if ``w`` is not of a real floating dtype.
 
     Example:
@@ -424,7 +365,6 @@ def spectral_norm_bound(
             "first, e.g. w.astype(jnp.float32)."
         )
     rtol = None if rtol is None else real_number("rtol", rtol, minimum=0.0)
-    max_squarings = positive_int("max_squarings", max_squarings)
     if start is not None:
         start = jnp.asarray(start)
         if start.shape != (w.shape[-1],):
@@ -432,4 +372,4 @@ def spectral_norm_bound(
                 f"start must have shape (w.shape[-1],) = ({w.shape[-1]},) for a kernel of shape "
                 f"{tuple(w.shape)}, got shape {tuple(start.shape)}."
             )
-    return certified_spectral_bound(w, start, rtol=rtol, max_squarings=max_squarings).bound
+    return certified_spectral_bound(w, start, rtol=rtol).bound

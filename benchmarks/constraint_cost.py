@@ -86,7 +86,8 @@ CASES: list[tuple[str, Any]] = [
     ("Isect(NonNeg, MaxNorm)", Intersection(NonNeg(), MaxNorm(0.5))),  # Closed form.
     ("Isect(MaxNorm, Clip)", Intersection(MaxNorm(0.5), Clip(-0.02, 0.02))),  # KKT form.
     ("Isect Dykstra x10", Intersection(MaxNorm(0.5), UnrecognisedClip(0.02), n_iter=10)),
-    ("Isect Dykstra x100", Intersection(MaxNorm(0.5), UnrecognisedClip(0.02))),
+    ("Isect Dykstra x100", Intersection(MaxNorm(0.5), UnrecognisedClip(0.02), n_iter=100)),
+    ("Isect Dykstra tol", Intersection(MaxNorm(0.5), UnrecognisedClip(0.02))),
 ]
 
 

@@ -150,10 +150,10 @@ class Intersection(Constraint):
     Put the set that moves the point least last, and measure on your data. A parameter
     inside every set takes no sweep and comes back bit for bit. Dykstra runs in at least
     float32 in a `jax.lax.while_loop`; each sweep costs one call of every member, and the
-    residual one more. Differentiating through it reruns the sweeps as a fixed ``n_iter``
-    loop (a while loop has no reverse mode), so it costs ``n_iter`` sweeps. A bf16/f16 result
-    is cast back and projected once more onto the last member's set in its own dtype (so a
-    last `Clip` holds exactly).
+    residual one more of every member but the last. Differentiating through it reruns the
+    sweeps as a fixed ``n_iter`` loop (a while loop has no reverse mode), so it costs
+    ``n_iter`` sweeps. A bf16/f16 result is cast back and projected once more onto the last
+    member's set in its own dtype (so a last `Clip` holds exactly).
 
     Args:
       *constraints: the members: stateless `Constraint` objects whose ``__call__`` is the
@@ -367,7 +367,8 @@ def dykstra(
     of a sweep is ``r = max(max_i |P_i(x) - x|, max_i |y_i - x_i|) / max(1, max |x|)``: every
     member's violation at the end of the sweep, and the largest move of any projection within
     it (the end point alone can come back to where the sweep started while the corrections
-    still change). Sweeps stop once ``r <= tol``, or after ``n_iter`` of them (a cap):
+    still change; the last member holds by construction, so its violation is not
+    recomputed). Sweeps stop once ``r <= tol``, or after ``n_iter`` of them (a cap):
     a `jax.lax.while_loop`. Its derivative is that of the sweeps run, computed (only under
     differentiation) by the same sweeps as a `jax.lax.fori_loop` of ``n_iter`` steps that
     freeze once converged, so that reverse mode works too (a ``while_loop`` has none); that
@@ -387,9 +388,11 @@ def dykstra(
         scale = jnp.maximum(jnp.max(jnp.abs(x), initial=0.0), 1.0)
         return (worst / scale).astype(jnp.float32)
 
-    def violation(x: jax.Array) -> jax.Array:
+    def violation(x: jax.Array, members: Sequence[Callable[[jax.Array], jax.Array]]) -> jax.Array:
         return functools.reduce(
-            jnp.maximum, [jnp.max(jnp.abs(p(x) - x), initial=0.0) for p in projections]
+            jnp.maximum,
+            [jnp.max(jnp.abs(p(x) - x), initial=0.0) for p in members],
+            jnp.zeros((), x.dtype),
         )
 
     def sweep(carry: Any) -> Any:
@@ -401,7 +404,9 @@ def dykstra(
             moved = jnp.maximum(moved, jnp.max(jnp.abs(y - x), initial=0.0))
             new.append(x + p - y)
             x = y
-        return x, tuple(new), relative(jnp.maximum(moved, violation(x)), x), count + 1
+        # x is the last member's projection: only the others can be violated.
+        worst = jnp.maximum(moved, violation(x, projections[:-1]))
+        return x, tuple(new), relative(worst, x), count + 1
 
     def running(carry: Any) -> jax.Array:
         return (carry[2] > tol) & (carry[3] < n_iter)
@@ -412,7 +417,7 @@ def dykstra(
         return jax.tree_util.tree_map(keep, carry, sweep(carry))
 
     zeros = tuple(jnp.zeros_like(x0) for _ in projections)
-    start = (x0, zeros, relative(violation(x0), x0), jnp.zeros((), jnp.int32))
+    start = (x0, zeros, relative(violation(x0, projections), x0), jnp.zeros((), jnp.int32))
 
     @jax.custom_jvp
     def run(start: Any) -> Any:

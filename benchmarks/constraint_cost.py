@@ -59,6 +59,8 @@ class UnrecognisedClip(jaxcons.Constraint):
     """``clip(w, -a, a)`` without ``elementwise_bounds``: `Intersection` has no closed form
     for it, so an intersection with it runs Dykstra's algorithm."""
 
+    convex = True  # The Euclidean projection onto a box: Intersection accepts it.
+
     def __init__(self, a: float):
         self.a = a
 

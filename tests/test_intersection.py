@@ -527,3 +527,21 @@ def test_closed_forms_report_no_sweep():
     out, residual, sweeps = Intersection(Clip(-0.3, 0.3), MaxNorm(0.5)).solve(jnp.asarray(x))
     assert int(sweeps) == 0 and float(residual) == 0.0
     np.testing.assert_allclose(f64(out), np_box_ball(x, -0.3, 0.3, 0.5), rtol=0, atol=1e-6)
+
+
+def test_solve_reports_the_rounding_of_a_narrow_dtype():
+    # The sweeps converge in float32; rounding the result to bfloat16 moves it out of the ball
+    # by about bf16's eps, relative. The residual says so instead of the float32 one.
+    x = jnp.asarray(normal((32, 8), seed=7), jnp.bfloat16)
+    c = Intersection(MaxNorm(0.5), Cube(0.1))
+    out, residual, _ = c.solve(x)
+    y = f64(out.astype(jnp.float32))
+    excess = max(0.0, float(np.max(np.linalg.norm(y, axis=0))) - 0.5)
+    assert excess > 1e-6  # The narrow dtype cannot hold tol = 1e-6 here ...
+    assert float(residual) >= excess  # ... and the reported residual covers what was returned.
+
+
+def test_solve_takes_one_array():
+    c = Intersection(MaxNorm(0.5), Cube(0.1))
+    with pytest.raises(TypeError, match=r"Intersection.solve takes one array, got dict"):
+        c.solve({"w": jnp.ones((3, 2))})

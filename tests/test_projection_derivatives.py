@@ -268,6 +268,37 @@ def test_orthogonal_off_the_set(shape):
     _check(Orthogonal(), np_polar(1.0), w)
 
 
+@pytest.mark.parametrize(
+    ("make", "oracle"),
+    [
+        (lambda: Orthogonal(), np_polar(1.0)),
+        (lambda: SingularValueClip(1.0, 1.0), np_singular_value_clip(1.0, 1.0)),
+        # On the ball's boundary (clipped singular values at 1) the projection has no
+        # derivative; the one from inside (the identity) is only checked to be finite.
+        (lambda: SingularValueClip(0.0, 1.0), None),
+    ],
+    ids=["orthogonal", "svc_equal_bounds", "svc_ball"],
+)
+@pytest.mark.parametrize("shape", [(64, 32), (4, 4), (16, 24)])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_projections_of_their_own_output_are_exact_with_finite_derivatives(
+    make, oracle, shape, seed
+):
+    # The projection's own output (an SVD's polar factor reads a few ulps off the set) must be
+    # recognised as feasible: returned bit for bit (idempotent), `violations` 0, and
+    # differentiated as a point of the set (finite: no SVD derivative at equal singular values).
+    c = make()
+    w = c(jnp.asarray(2.0 * _random(shape, seed), jnp.float32))
+    np.testing.assert_array_equal(np.asarray(c(w)), np.asarray(w))
+    assert float(jaxcons.violations({"w": w}, {"w": c})["w"]) == 0.0
+    if oracle is None:
+        g = jnp.asarray(_random(shape, seed + 10), jnp.float32)
+        grad = jax.grad(lambda x: jnp.sum(c(x) * g))(w)
+        np.testing.assert_array_equal(np.asarray(grad), np.asarray(g))  # From inside.
+    else:
+        _check(c, oracle, np.asarray(w, np.float64), seed=seed)
+
+
 # --- the PSD cone ---------------------------------------------------------------------------------
 
 

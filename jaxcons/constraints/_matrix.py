@@ -23,7 +23,7 @@ from jaxcons._src.linalg import (
 from jaxcons._src.numerics import accumulation_dtype, exact_projection
 from jaxcons._src.schedules import Evaluated, Scheduled, schedulable
 from jaxcons._src.validation import positive_number, real_number
-from jaxcons.constraints._orthogonal import stiefel_tangent
+from jaxcons.constraints._orthogonal import attainable_tolerance, stiefel_tangent
 
 
 class SingularValueClip(Constraint):
@@ -41,7 +41,8 @@ class SingularValueClip(Constraint):
     conditioned (condition number at most ``b / a``); that set is not convex, and a zero
     kernel, which has no nearest point in it, stays zero.
 
-    A kernel whose singular values already lie in the interval comes back bit for bit; the
+    A kernel whose singular values already lie in the interval (to ``1.9e-6 * max_value`` in
+    float32: the rounding of an SVD) comes back bit for bit, so the projection is idempotent; the
     dtype is kept (the SVD runs in float32, float64 for float64 kernels). Every call (inside
     `jaxcons.constrain` too) is one SVD, which gathers a sharded kernel. At a kernel already
     in the set the derivative is the identity (on the interval's ends, where the projection
@@ -281,7 +282,9 @@ def clip_singular_values(w: jax.Array, min_value: float, max_value: float) -> ja
        \\quad\\text{for } W = U \\Sigma V^\\top
 
     (von Neumann's trace inequality makes clipping the singular values optimal). ``w`` itself
-    is returned when every singular value already lies in the interval; the derivative there
+    is returned when every singular value already lies in the interval, to half the dtype's
+    `attainable_tolerance` relative to ``max_value`` (so the projection is idempotent on its
+    own output, whose clipped singular values an SVD reads a few ulps off); the derivative there
     is the identity (inside the interval, or on its ends from inside), or with ``min_value ==
     max_value > 0`` the tangent projection of that scaled Stiefel manifold
     (`exact_projection`), with no SVD derivative evaluated.
@@ -292,8 +295,11 @@ def clip_singular_values(w: jax.Array, min_value: float, max_value: float) -> ja
         zero = jnp.all(matrix == 0)
         u, s, vh = svd(matrix, zero)
         # A zero matrix stays zero: with min_value > 0 it has no unique projection (see the
-        # class).
-        keep = zero | jnp.all((s >= min_value) & (s <= max_value))
+        # class). Singular values within the dtype's attainable tolerance of the interval count
+        # as inside: an SVD returns the clipped ones (1.0 after clipping to 1) a few ulps off,
+        # and the projection must be idempotent, with the derivative of the set at its output.
+        slack = 0.5 * attainable_tolerance(w.dtype) * max_value
+        keep = zero | jnp.all((s >= min_value - slack) & (s <= max_value + slack))
         projected = compose(u, jnp.clip(s, min_value, max_value), vh)
         return like(projected, w), ~keep
 

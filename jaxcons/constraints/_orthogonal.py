@@ -78,12 +78,13 @@ class Orthogonal(StatefulConstraint):
     Two methods:
 
     * Called directly (or through `jaxcons.apply_constraints`): exact, one SVD. A kernel whose
-      Gram matrix is within 4 ulps of ``s^2 I`` (``max |W^T W / s^2 - I| <= 4 eps``) comes
-      back bit for bit; a zero kernel stays zero (it has no polar factor). On the set the
-      derivative is the projection's own, the projection onto the tangent space (see
-      `tangent`), not the identity; at zero it is the identity; no SVD derivative is
-      evaluated at either. Elsewhere gradients are those of `jnp.linalg.svd`, undefined where
-      two singular values coincide.
+      Gram matrix is as close to ``s^2 I`` as the dtype allows (``max |W^T W / s^2 - I| <=
+      attainable_tolerance(dtype)``, ``3.8e-6`` in float32, which the SVD's own polar factor
+      meets: the projection is idempotent) comes back bit for bit; a zero kernel stays zero
+      (it has no polar factor). On the set the derivative is the projection's own, the
+      projection onto the tangent space (see `tangent`), not the identity; at zero it is the
+      identity; no SVD derivative is evaluated at either. Elsewhere gradients are those of
+      `jnp.linalg.svd`, undefined where two singular values coincide.
     * Inside `jaxcons.constrain` (`project`): ``n_iterations`` Newton-Schulz (Björck-Bowie)
       steps ``X <- X (3 I - X^T X) / 2`` on ``X = W / s``, only matrix products. Each step
       squares the distance to the set (an error ``e`` in a singular value becomes about
@@ -189,8 +190,7 @@ class Orthogonal(StatefulConstraint):
     def __call__(self, w: jax.Array) -> jax.Array:
         w = jnp.asarray(w)
         self.check(w.shape, "")
-        tolerance = 4 * float(jnp.finfo(w.dtype).eps)
-        return polar(w, self.scale, tolerance)
+        return polar(w, self.scale, attainable_tolerance(w.dtype))
 
     def init(self, w: jax.Array) -> OrthogonalState:
         """Checks that a concrete start is near the set (see the class) and returns the start

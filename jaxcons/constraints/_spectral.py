@@ -56,7 +56,7 @@ class SpectralNorm(StatefulConstraint):
       the scaled kernel back to its dtype can leave ``sigma`` a few ulps above ``max_value``
       (up to ~0.2% for bfloat16).
     * Inside `jaxcons.constrain`, `project` scales by a *certified upper bound* on ``sigma``
-      (`clip_to_certified_bound`), so the returned kernel provably has ``sigma <= max_value``,
+      (`jaxcons.spectral_norm_bound`), so the returned kernel provably has ``sigma <= max_value``,
       the rounding of every operation and of the result's dtype included. The bound is one
       Gram matrix ``W^T W`` (the smaller one), an estimate of its top eigenvalue by Lanczos
       started from the vector in `SpectralNormState`, and a Cholesky factorization of
@@ -161,8 +161,7 @@ class SpectralNorm(StatefulConstraint):
         """Scales ``w`` into the ball by a certified upper bound on ``sigma``.
 
         ``n_power_iterations`` steps of power iteration from ``state.u`` give the new state
-        (as before) and the derivative; the certificate starts from the new vector (see
-        `clip_to_certified_bound`).
+        (as before) and the derivative; the certificate starts from the new vector.
         """
         w = jnp.asarray(w)
         self.check(tuple(w.shape), "")

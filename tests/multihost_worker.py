@@ -15,7 +15,9 @@ Parameters (global ``jax.Array``s, the same values in every run):
 * ``dense0/kernel`` (16, 32), sharded along axis 0 over 'model', under ``MaxNorm(axis=0)``:
   the column norms reduce over the sharded axis;
 * ``dense0/bias`` (32,), replicated, under ``NonNeg``;
-* ``dense1/kernel`` (32, 16), sharded along axis 1 over 'model', under ``SpectralNorm``;
+* ``dense1/kernel`` (32, 48), sharded along axis 1 over 'model', under ``SpectralNorm``: wider
+  than tall, so its certificate's Gram matrix ``W W^T`` (32 x 32) reduces over the sharded
+  axis (a tall kernel sharded along its output axis would be gathered, README "Sharding");
 * ``L2`` on both kernels.
 
 The step is ``jaxcons.chain(optax.adam(1e-2), constraints=..., regularizers=...)``
@@ -66,7 +68,7 @@ MESH_SHAPE = (2, 4)  # ('data', 'model')
 PARAMS = {
     "dense0/kernel": ((16, 32), P("model", None), 0.5),  # Column norms ~2 > MaxNorm's 1.
     "dense0/bias": ((32,), P(), 1.0),  # Half negative: NonNeg binds.
-    "dense1/kernel": ((32, 16), P(None, "model"), 0.3),  # Spectral norm ~3 > 1.
+    "dense1/kernel": ((32, 48), P(None, "model"), 0.3),  # Spectral norm ~3.8 > 1.
 }
 CONSTRAINTS = {
     "dense0/kernel": jaxcons.MaxNorm(1.0, axis=0),
@@ -74,7 +76,8 @@ CONSTRAINTS = {
     "dense1/kernel": jaxcons.SpectralNorm(1.0),
 }
 REGULARIZERS = {"**/kernel": jaxcons.L2(1e-3)}
-BATCH = 8  # Activations (8 x 32) stay smaller than a kernel (16 x 32): no false alarm.
+# Activations (8 x 32, 8 x 48) stay smaller than a kernel (16 x 32): no false alarm.
+BATCH = 8
 
 
 def initial_values() -> dict[str, np.ndarray]:
@@ -85,7 +88,7 @@ def initial_values() -> dict[str, np.ndarray]:
         for name, (shape, _, scale) in PARAMS.items()
     }
     values["x"] = rng.standard_normal((BATCH, 16)).astype(np.float32)
-    values["y"] = rng.standard_normal((BATCH, 16)).astype(np.float32)
+    values["y"] = rng.standard_normal((BATCH, 48)).astype(np.float32)
     return values
 
 

@@ -146,16 +146,15 @@ class Intersection(Constraint):
     6e-8: float32 rounding); box first, ball last 6e-2 / 6e-3 / 5e-7 (in both sets at every
     step, but far from the projection: clipping first shrinks every column more than
     needed). On a 32x8 kernel, ball first, the default ``tol=1e-6`` stops after about 470
-    sweeps.
-    Put the set that moves the point least last, and measure on your data. A parameter
+    sweeps. Put the set that moves the point least last, and measure on your data. A parameter
     inside every set takes no sweep and comes back bit for bit. Dykstra runs in at least
     float32 in a `jax.lax.while_loop`; each sweep costs one call of every member, and the
     residual one more of every member but the last. Differentiating through it reruns the
     sweeps as a fixed ``n_iter`` loop (a while loop has no reverse mode), so it costs
     ``n_iter`` sweeps. A bf16/f16 result is cast back and projected once more onto the last
     member's set in its own dtype (so a last `Clip` holds exactly); the other members then
-    hold to ``tol`` plus the dtype's rounding (about its ``eps`` relative: ``3.9e-3`` for
-    bfloat16), which `solve` includes in the residual it reports.
+    hold to ``tol`` plus the dtype's rounding (up to its ``eps`` times the entries: ``3.9e-3``
+    for bfloat16), which `solve` includes in the residual it reports.
 
     Args:
       *constraints: the members: stateless `Constraint` objects whose ``__call__`` is the
@@ -164,12 +163,14 @@ class Intersection(Constraint):
         intersections, or custom projections). ``check`` runs every member's.
       n_iter: the most Dykstra sweeps (a positive int): a cap, reported by `solve` when it
         stops the iteration short of ``tol``.
-      tol: the relative residual at which Dykstra's algorithm stops (finite, ``>= 0``): every
-        member violated by at most ``tol * max(1, max |x|)`` and every projection of the
-        last sweep moving the point by at most that. ``0`` runs all ``n_iter`` sweeps. The
-        move criterion makes it a practical stopping rule: where Dykstra converges slowly,
-        the result can lie further from the true projection than ``tol``; it is inside
-        every member to ``tol`` whenever `solve` reports fewer than ``n_iter`` sweeps.
+      tol: the relative residual at which Dykstra's algorithm stops (finite, ``>= 0``): the
+        point within ``tol * max(1, max |x|)`` of every member's set, entry by entry (``max
+        |x - P_i(x)|``, the distance each member's projection would still move it), and
+        every projection of the last sweep moving it by at most that. ``0`` runs all
+        ``n_iter`` sweeps. The move criterion makes it a practical stopping rule: where
+        Dykstra converges slowly, the result can lie further from the true projection than
+        ``tol``; it is within ``tol`` of every member whenever `solve` reports fewer than
+        ``n_iter`` sweeps.
 
     Raises:
       TypeError: at construction, for no member or a member that is not a `Constraint`.

@@ -101,7 +101,7 @@ class Orthogonal(StatefulConstraint):
       training step's temporaries grow by a few kernel sizes, BUILD.md). The guarantee: after
       every step ``r <= tol``, or the SVD's polar factor, the best the dtype holds (not
       checked again; ``r <= 7e-7`` in float32 on CPU, not yet measured on GPU). (Under
-      `jax.vmap` a `lax.cond` on a batched predicate runs every branch, the SVD included;
+      `jax.vmap` a `jax.lax.cond` on a batched predicate runs every branch, the SVD included;
       `jaxcons.constrain` does not vmap.)
 
     ``tol=None`` (the default) is ``max(1e-5, attainable_tolerance(dtype))``: ``1e-5`` for
@@ -109,7 +109,7 @@ class Orthogonal(StatefulConstraint):
     (``0.00195``), which the rounding of the result alone may use up: rounding each entry of
     an orthonormal ``Q`` by ``eps / 2`` moves each entry of ``Q^T Q`` by at most
     ``eps + eps^2 / 4`` (Cauchy-Schwarz). A smaller explicit ``tol`` is refused at `init`:
-    `attainable_tolerance` is ``max(2 eps(dtype), 32 eps(float32))`` (``3.8e-6`` for
+    ``attainable_tolerance`` is ``max(2 eps(dtype), 32 eps(float32))`` (``3.8e-6`` for
     float32), above float32's measured floor: the SVD's polar factor and the iteration's
     fixed point measured ``r <= 7e-7`` from 64x32 to 2048x2048, the float32 check's own
     rounding below ``2e-7`` (CPU; ``benchmarks/orthogonal_iterations.py``, BUILD.md). The
@@ -217,7 +217,7 @@ class Orthogonal(StatefulConstraint):
 
     def project(self, w: jax.Array, state: OrthogonalState) -> tuple[jax.Array, OrthogonalState]:
         """``n_iterations`` Newton-Schulz steps towards the set, guarded against divergence
-        by a power-iteration estimate of the largest singular value, then `certify`: more
+        by a power-iteration estimate of the largest singular value, then a certificate: more
         steps or one SVD where the residual exceeds `tolerance`."""
         w = jnp.asarray(w)
         self.check(w.shape, "")
@@ -232,7 +232,7 @@ class Orthogonal(StatefulConstraint):
         kernel of ``dtype``: ``tol``, or by default ``max(1e-5, attainable_tolerance(dtype))``.
 
         Raises:
-          ValueError: for an explicit ``tol`` below `attainable_tolerance` of ``dtype``.
+          ValueError: for an explicit ``tol`` below ``attainable_tolerance`` of ``dtype``.
         """
         floor = attainable_tolerance(dtype)
         if self.tol is None:

@@ -279,6 +279,19 @@ def finish(problems: list[str], detail: str) -> str:
 # Meshes, parameters and placement.
 
 
+def finish_gathers_known(problems: list[str], detail: str, what: str) -> str:
+    """For kernels sharded along their output axis, whose Gram matrix ``X^T X`` pairs every
+    column block with every other: any problem but a parameter-sized gather fails the check;
+    the gathers end it on a NOTE (a known limitation)."""
+    finish([p for p in problems if "parameter-sized gathers" not in p], "")
+    if problems:
+        raise KnownLimitationError(
+            f"values, shardings and donation are right, but {what} of a kernel sharded along "
+            f"its output axis gathers it: {' | '.join(problems)}"
+        )
+    return detail
+
+
 class Setup(NamedTuple):
     name: str
     mesh: Mesh
@@ -656,13 +669,7 @@ def check_spectral_output_sharded(s: Setup) -> str:
     tx = optax.chain(adam(1e-2), constrain(rules))
     problems, params, detail = _run_train_steps(s, tx, "SpectralNorm constrain (output sharded)")
     problems += _spectral_bound_problems(params, rules)
-    finish([p for p in problems if "parameter-sized gathers" not in p], "")
-    if problems:
-        raise KnownLimitationError(
-            "values, shardings and donation are right, but the certificate's Gram matrix of a "
-            f"kernel sharded along its output axis gathers it: {' | '.join(problems)}"
-        )
-    return detail
+    return finish_gathers_known(problems, detail, "the certificate's Gram matrix")
 
 
 def _orthogonal_setup(s: Setup, rules: dict[str, Any]) -> Setup:
@@ -707,13 +714,7 @@ def check_orthogonal_output_sharded(s: Setup) -> str:
     every other, so the kernel (on the 1-D mesh) or its rows (on the 2-D mesh) must travel."""
     rules = {"square/kernel": Orthogonal()}
     problems, detail = _orthogonal_train(s, rules, "Orthogonal constrain (output sharded)")
-    finish([p for p in problems if "parameter-sized gathers" not in p], "")
-    if problems:
-        raise KnownLimitationError(
-            "values, shardings and donation are right, but the Gram matrix of a kernel "
-            f"sharded along its output axis gathers it: {' | '.join(problems)}"
-        )
-    return detail
+    return finish_gathers_known(problems, detail, "the Gram matrix")
 
 
 def check_regularize_proximal(s: Setup) -> str:

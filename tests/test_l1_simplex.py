@@ -17,28 +17,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from oracles import np_l1_ball, np_simplex
 
 import jaxcons
 from jaxcons import constraints
 from jaxcons.constraints import L1Ball, Simplex
 
 F32_EPS = float(np.finfo(np.float32).eps)
-
-
-def np_simplex(v: np.ndarray, total: float) -> np.ndarray:
-    """Duchi et al. (2008), figure 1, in float64: sort, cumulative sums, threshold."""
-    u = np.sort(v)[::-1]
-    cs = np.cumsum(u)
-    k = np.arange(1, v.size + 1)
-    rho = np.nonzero(u - (cs - total) / k > 0)[0][-1]
-    theta = (cs[rho] - total) / (rho + 1)
-    return np.maximum(v - theta, 0)
-
-
-def np_l1_ball(v: np.ndarray, radius: float) -> np.ndarray:
-    if np.sum(np.abs(v)) <= radius:
-        return v.copy()
-    return np.sign(v) * np_simplex(np.abs(v), radius)
 
 
 def by_slices(fn, w: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from oracles import np_l1_ball as np_l1_ball_vector
+from oracles import np_simplex as np_simplex_vector
 
 import jaxcons
 from jaxcons.constraints import (
@@ -95,26 +97,10 @@ def np_singular_value_clip(a, b):
     return project
 
 
-def _duchi_simplex(v, total):
-    """The projection of a vector onto ``{x >= 0, sum(x) = total}`` (Duchi et al., 2008)."""
-    u = np.sort(v)[::-1]
-    cumulative = np.cumsum(u)
-    k = np.arange(1, v.size + 1)
-    rho = np.nonzero(u - (cumulative - total) / k > 0)[0][-1]
-    theta = (cumulative[rho] - total) / (rho + 1)
-    return np.maximum(v - theta, 0)
-
-
-def _duchi_l1_ball(v, radius):
-    if np.sum(np.abs(v)) <= radius:
-        return v
-    return np.sign(v) * _duchi_simplex(np.abs(v), radius)
-
-
 def np_nuclear_ball(radius):
     def project(w):
         u, s, vh = np.linalg.svd(_as_matrix(w), full_matrices=False)
-        return ((u * _duchi_l1_ball(s, radius)) @ vh).reshape(w.shape)
+        return ((u * np_l1_ball_vector(s, radius)) @ vh).reshape(w.shape)
 
     return project
 
@@ -122,15 +108,15 @@ def np_nuclear_ball(radius):
 def np_l1_ball(radius, axis=0):
     def project(w):
         if axis is None:
-            return _duchi_l1_ball(w.reshape(-1), radius).reshape(w.shape)
-        return np.stack([_duchi_l1_ball(col, radius) for col in w.T], axis=1)
+            return np_l1_ball_vector(w.reshape(-1), radius).reshape(w.shape)
+        return np.stack([np_l1_ball_vector(col, radius) for col in w.T], axis=1)
 
     return project
 
 
 def np_simplex(total):
     def project(w):
-        return np.stack([_duchi_simplex(col, total) for col in w.T], axis=1)
+        return np.stack([np_simplex_vector(col, total) for col in w.T], axis=1)
 
     return project
 

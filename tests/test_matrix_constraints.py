@@ -216,6 +216,15 @@ def test_psd_shape_errors_name_the_path_and_shape():
         jaxcons.constrain({"dense/*": PSD()}).init(params)
 
 
+def test_symmetric_shape_errors_name_the_path_and_shape():
+    msg = "Symmetric needs square matrices over the last two axes (shape (..., n, n)), but "
+    with pytest.raises(ValueError, match=re.escape(msg + "the array has shape (2, 3)")):
+        jaxcons.Symmetric()(jnp.ones((2, 3)))
+    params = {"dense": {"kernel": jnp.eye(3), "bias": jnp.ones(3)}}
+    with pytest.raises(ValueError, match=re.escape(msg + "parameter 'dense/bias' has shape (3,)")):
+        jaxcons.constrain({"dense/*": jaxcons.Symmetric()}).init(params)
+
+
 def test_psd_validation():
     with pytest.raises(ValueError, match=re.escape("min_eigenvalue must be >= 0, got -1.0")):
         PSD(-1.0)

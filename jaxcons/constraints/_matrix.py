@@ -207,12 +207,7 @@ class PSD(Constraint):
         self.min_eigenvalue = real_number("min_eigenvalue", min_eigenvalue, minimum=0.0)
 
     def check(self, shape: tuple[int, ...], path: str) -> None:
-        where = f"parameter {path!r}" if path else "the array"
-        if len(shape) < 2 or shape[-1] != shape[-2]:
-            raise ValueError(
-                f"PSD needs square matrices over the last two axes (shape (..., n, n)), but "
-                f"{where} has shape {tuple(shape)}."
-            )
+        check_square("PSD", shape, path)
 
     def __call__(self, w: jax.Array) -> jax.Array:
         w = jnp.asarray(w)
@@ -257,12 +252,7 @@ class Symmetric(Constraint):
     elementwise_bounds = None
 
     def check(self, shape: tuple[int, ...], path: str) -> None:
-        where = f"parameter {path!r}" if path else "the array"
-        if len(shape) < 2 or shape[-1] != shape[-2]:
-            raise ValueError(
-                f"Symmetric needs square matrices over the last two axes (shape (..., n, n)), "
-                f"but {where} has shape {tuple(shape)}."
-            )
+        check_square("Symmetric", shape, path)
 
     def __call__(self, w: jax.Array) -> jax.Array:
         w = jnp.asarray(w)
@@ -273,6 +263,17 @@ class Symmetric(Constraint):
         """The projection of an update ``g`` onto the symmetric matrices (the tangent space)."""
         del w
         return self(g)
+
+
+def check_square(owner: str, shape: tuple[int, ...], path: str) -> None:
+    """Raises ``ValueError`` unless the last two axes are square, naming ``owner``, the path
+    and the shape."""
+    if len(shape) < 2 or shape[-1] != shape[-2]:
+        where = f"parameter {path!r}" if path else "the array"
+        raise ValueError(
+            f"{owner} needs square matrices over the last two axes (shape (..., n, n)), but "
+            f"{where} has shape {tuple(shape)}."
+        )
 
 
 def clip_singular_values(w: jax.Array, min_value: float, max_value: float) -> jax.Array:

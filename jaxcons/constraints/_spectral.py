@@ -19,6 +19,7 @@ from jaxcons._src.linalg import (
     top_right_singular_vector,
 )
 from jaxcons._src.numerics import accumulation_dtype
+from jaxcons._src.rounding import unit_roundoff
 from jaxcons._src.schedules import Evaluated, Scheduled, schedulable
 from jaxcons._src.spectral_bound import certified_spectral_bound
 from jaxcons._src.validation import positive_int, positive_number
@@ -221,9 +222,9 @@ def clip_to_certified_bound(
         rtol=CERTIFICATE_RTOL_FLOAT64 if dtype == np.float64 else CERTIFICATE_RTOL,
         stop_below=c,
     )
-    unit = 2.0 ** -(np.finfo(dtype).nmant + 1)
+    unit = unit_roundoff(dtype)
     narrow = np.dtype(w.dtype) != dtype
-    unit_out = 2.0 ** -(np.finfo(w.dtype).nmant + 1) if narrow else 0.0
+    unit_out = unit_roundoff(w.dtype) if narrow else 0.0
     relative = unit + unit_out * (1 + unit)
     underflow = math.sqrt(w.size) * float(np.finfo(w.dtype).tiny)
     up = jnp.asarray(jnp.inf, dtype)

@@ -365,7 +365,7 @@ def project_psd(w: jax.Array, min_eigenvalue: float) -> jax.Array:
         x = w.astype(accumulation_dtype(w.dtype))
         if is_explicit(w):
             x = jax.sharding.reshard(x, P())
-        sym = (x + jnp.swapaxes(x, -1, -2)) / 2
+        sym = _symmetric_part(x)
         zero = jnp.all(x == 0, axis=(-2, -1), keepdims=True)
         safe = jnp.where(zero, distinct_spectrum(x.shape, x.dtype), sym)
         lam, q = jnp.linalg.eigh(safe, symmetrize_input=False)
@@ -375,7 +375,7 @@ def project_psd(w: jax.Array, min_eigenvalue: float) -> jax.Array:
         feasible = symmetric & (zero & (c <= 0) | ~zero & (lam_min >= c))
         qt = jnp.swapaxes(q, -1, -2)
         projected = jnp.matmul(q * jnp.maximum(lam, c)[..., None, :], qt, precision=HIGHEST)
-        projected = (projected + jnp.swapaxes(projected, -1, -2)) / 2  # Exactly symmetric.
+        projected = _symmetric_part(projected)  # Exactly symmetric.
         # A zero matrix with min_eigenvalue > 0 projects to c * I.
         projected = jnp.where(zero, c * jnp.eye(x.shape[-1], dtype=x.dtype), projected)
         return like(projected, w), ~feasible
@@ -385,5 +385,9 @@ def project_psd(w: jax.Array, min_eigenvalue: float) -> jax.Array:
 
 def symmetrized(w: jax.Array) -> jax.Array:
     """``(W + W^T) / 2`` over the last two axes, computed in >= float32, in ``w``'s dtype."""
-    x = w.astype(accumulation_dtype(w.dtype))
-    return ((x + jnp.swapaxes(x, -1, -2)) / 2).astype(w.dtype)
+    return _symmetric_part(w.astype(accumulation_dtype(w.dtype))).astype(w.dtype)
+
+
+def _symmetric_part(x: jax.Array) -> jax.Array:
+    """``(X + X^T) / 2`` over the last two axes, in ``x``'s dtype."""
+    return (x + jnp.swapaxes(x, -1, -2)) / 2

@@ -189,7 +189,7 @@ def uncertified_newton_schulz(w: jax.Array) -> jax.Array:
     of power iteration (from the fixed start, not warm: the same cost) guard three
     Newton-Schulz steps; nothing measures the result."""
     from jaxcons._src.linalg import initial_vector, power_iteration
-    from jaxcons.constraints._orthogonal import newton_schulz
+    from jaxcons.constraints._stiefel import newton_schulz
 
     sigma, _ = power_iteration(w, initial_vector(w.shape[-1], w.dtype), 2)
     return newton_schulz(w, 1.0, 3, jax.lax.stop_gradient(sigma))

@@ -19,6 +19,8 @@ from jaxcons._src.constrain import ConstrainState as ConstrainState
 from jaxcons._src.constrain import apply_constraints as apply_constraints
 from jaxcons._src.constrain import constrain as constrain
 from jaxcons._src.constrain import violations as violations
+from jaxcons._src.lipschitz import spectral_norm_bound as spectral_norm_bound
+from jaxcons._src.lipschitz import spectral_norm_bounds as spectral_norm_bounds
 from jaxcons._src.penalty import activity_penalty as activity_penalty
 from jaxcons._src.penalty import penalties as penalties
 from jaxcons._src.penalty import penalty as penalty
@@ -27,7 +29,6 @@ from jaxcons._src.proximal import proximal as proximal
 from jaxcons._src.regularize import regularize as regularize
 from jaxcons._src.rules import Rules as Rules
 from jaxcons._src.rules import mask as mask
-from jaxcons._src.spectral_bound import spectral_norm_bound as spectral_norm_bound
 from jaxcons._src.tangent import tangent as tangent
 from jaxcons._src.tree import path_str as path_str
 from jaxcons._src.tree import paths as paths
@@ -148,6 +149,7 @@ __all__ = [
     "singular_value_clip",
     "spectral_norm",
     "spectral_norm_bound",
+    "spectral_norm_bounds",
     "symmetric",
     "tangent",
     "top_k",

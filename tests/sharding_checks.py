@@ -54,10 +54,12 @@ from jaxcons import (
     MaxNorm,
     MinMaxNorm,
     NonNeg,
+    NuclearBall,
     Orthogonal,
     OrthogonalRegularizer,
     RadialConstraint,
     Simplex,
+    SingularValueClip,
     SpectralNorm,
     UnitNorm,
     apply_constraints,
@@ -67,6 +69,7 @@ from jaxcons import (
     penalty,
     proximal,
     regularize,
+    spectral_norm_bounds,
 )
 from jaxcons.flax import TrainState
 
@@ -769,6 +772,86 @@ def check_flax_train_state(s: Setup) -> str:
     )
 
 
+# Stacked matrices: 8 per parameter, their batch axis sharded over every device of the mesh.
+N_MATRICES = 8
+
+
+def stacked_rules() -> dict[str, Any]:
+    return {
+        "experts": Orthogonal(batch_axes=0),
+        "heads": SpectralNorm(1.0, batch_axes=1),
+        "qkv": Orthogonal(view=(N_MATRICES, 8, 32), batch_axes=0),
+        "clipped": SingularValueClip(0.0, 1.0, batch_axes=0),
+        "nuclear": NuclearBall(4.0, batch_axes=0),
+    }
+
+
+def _stacked_params(mesh: Mesh) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Parameters (host and sharded) holding 8 matrices each, sharded along the batch axis."""
+    every = P(tuple(mesh.axis_names))
+    shapes = {
+        "experts": ((N_MATRICES, 64, 32), P(*every)),
+        "heads": ((64, N_MATRICES, 16), P(None, *every)),
+        "qkv": ((N_MATRICES * 8, 32), P(*every)),
+        "clipped": ((N_MATRICES, 32, 24), P(*every)),
+        "nuclear": ((N_MATRICES, 16, 16), P(*every)),
+    }
+    key = jax.random.key(7)
+    host = {}
+    for name, (shape, _) in shapes.items():
+        key, sub = jax.random.split(key)
+        host[name] = np.asarray(jax.random.normal(sub, shape, jnp.float32) / math.sqrt(shape[-1]))
+    host = to_host(apply_constraints(host, stacked_rules()))
+    params = {
+        name: jax.device_put(host[name], NamedSharding(mesh, spec))
+        for name, (_, spec) in shapes.items()
+    }
+    return host, params
+
+
+def check_stacked_constrain(s: Setup) -> str:
+    """Per-expert and per-head constraints (batch_axes, view) on parameters sharded along the
+    batch axis: the training step moves no matrix, only scalars or one statistic per matrix
+    (a flag deciding a rare fallback, the loss), in every branch; values match an unsharded
+    run and every matrix is in its set."""
+    host, params = _stacked_params(s.mesh)
+    rules = stacked_rules()
+    tx = chain(adam(1e-2), constraints=rules, tangent={"experts": rules["experts"]})
+    target = {
+        k: jnp.asarray(np.cos(np.arange(v.size)).reshape(v.shape), v.dtype) for k, v in host.items()
+    }
+
+    def step(params: Any, opt_state: Any) -> tuple[Any, Any]:
+        grads = jax.grad(lambda p: sum(jnp.sum((p[k] - target[k]) ** 2) for k in p))(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    with jax.set_mesh(s.mesh):
+        state0 = tx.init(params)
+        found = compiled_collectives(step, params, state0)
+        out, state = jax.jit(step)(params, state0)
+        out, state = jax.jit(step)(out, state)
+        problems = sharding_problems(out, params, "stacked params after 2 steps")
+        bounds = spectral_norm_bounds(out, {"heads": rules["heads"]})
+    ref, ref_state = jax.jit(step)(host, to_host(state0))
+    ref, _ = jax.jit(step)(ref, ref_state)
+    problems += value_problems(out, ref, "stacked constrain", rtol=1e-4)
+    large = [c for c in found if c.elements > N_MATRICES]
+    if large:
+        problems.append(
+            f"collectives larger than one value per matrix ({N_MATRICES}): {describe(large)}"
+        )
+    w = np.asarray(out["experts"], np.float64)
+    deviation = np.max(np.abs(np.swapaxes(w, 1, 2) @ w - np.eye(w.shape[-1])))
+    if deviation > 1e-4:
+        problems.append(f"experts: max |W^T W - I| = {deviation:.2e}")
+    heads = np.moveaxis(np.asarray(out["heads"], np.float64), 1, 0)
+    sigma = np.linalg.norm(heads, ord=2, axis=(1, 2))
+    if sigma.max() > 1.0 or np.any(sigma > np.asarray(bounds["heads"])):
+        problems.append(f"heads: sigma {sigma.max()!r} above 1 or above its certified bound")
+    return finish(problems, f"{N_MATRICES} matrices per parameter; " + describe(found))
+
+
 CHECKS: dict[str, Callable[[Setup], str]] = {
     "detector": check_detector,
     "apply_constraints": check_apply_constraints,
@@ -783,6 +866,7 @@ CHECKS: dict[str, Callable[[Setup], str]] = {
     "flax_train_state": check_flax_train_state,
     "orthogonal_constrain_train_step": check_orthogonal_constrain,
     "orthogonal_output_sharded_train_step": check_orthogonal_output_sharded,
+    "stacked_constrain_train_step": check_stacked_constrain,
 }
 
 # The checks that may end on a NOTE: the exact SVD and the Gram matrix of every pair of

@@ -370,6 +370,28 @@ def _symmetric_matrix(rng, shape):
 # --- the table ----------------------------------------------------------------------------------
 
 
+def _each_matrix(feasible, view, axis):
+    """``feasible`` for every matrix of a stack: the view, then each index of ``axis``."""
+
+    def check(x, y, tol):
+        xs = np.moveaxis(np.reshape(x, view or x.shape), axis, 0)
+        ys = np.moveaxis(np.reshape(y, view or y.shape), axis, 0)
+        return all(feasible(a, b, tol) for a, b in zip(xs, ys, strict=True))
+
+    return check
+
+
+def _stacked(make_one, view, axis):
+    """Feasible stacks: one feasible matrix per index of ``axis`` of the view."""
+
+    def make(rng, shape):
+        viewed = view or shape
+        one = tuple(d for i, d in enumerate(viewed) if i != axis)
+        return np.stack([make_one(rng, one) for _ in range(viewed[axis])], axis=axis).reshape(shape)
+
+    return make
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
     id: str
@@ -571,6 +593,47 @@ ROWS = [
         _orthonormal(10.0),
         lambda r, s: _signed_permutation(10.0)(r, s[::-1]).T,
         transform_feasible=lambda x, y, tol: _orthonormal(10.0)(x, y, 1e-5),
+    ),
+    Row(
+        "orthogonal_experts",
+        lambda: Orthogonal(scale=10.0, batch_axes=0),
+        (3, 4, 3),
+        _each_matrix(_orthonormal(10.0), None, 0),
+        _stacked(_signed_permutation(10.0), None, 0),
+        transform_feasible=_each_matrix(lambda x, y, tol: _orthonormal(10.0)(x, y, 1e-5), None, 0),
+    ),
+    Row(
+        "orthogonal_fused_qkv",
+        lambda: Orthogonal(scale=10.0, view=(3, 2, 4), batch_axes=0),
+        (6, 4),
+        # Three float32 SVD polar factors: residuals up to about 6 eps were measured (BUILD.md).
+        _each_matrix(lambda x, y, tol: _orthonormal(10.0)(x, y, max(tol, 8e-7)), (3, 2, 4), 0),
+        _stacked(lambda r, s: _signed_permutation(10.0)(r, s[::-1]).T, (3, 2, 4), 0),
+        transform_feasible=_each_matrix(
+            lambda x, y, tol: _orthonormal(10.0)(x, y, 1e-5), (3, 2, 4), 0
+        ),
+    ),
+    Row(
+        "spectral_norm_heads",
+        lambda: SpectralNorm(1.0, batch_axes=1),
+        (4, 3, 3),
+        _each_matrix(_spectral(1.0), None, 1),
+        _stacked(_small_spectrum, None, 1),
+        transform_feasible=_each_matrix(_spectral_certified(1.0), None, 1),
+    ),
+    Row(
+        "singular_value_clip_experts",
+        lambda: SingularValueClip(0.5, 1.0, batch_axes=-3),
+        (2, 4, 3),
+        _each_matrix(_singular_band(0.5, 1.0), None, 0),
+        _stacked(_with_singular_values(0.6, 0.9), None, 0),
+    ),
+    Row(
+        "nuclear_ball_per_head",
+        lambda: NuclearBall(1.5, view=(3, 2, 4), batch_axes=0),
+        (6, 4),
+        _each_matrix(_nuclear(1.5), (3, 2, 4), 0),
+        _stacked(_nuclear_inside(1.5), (3, 2, 4), 0),
     ),
     Row(
         "plain_callable",

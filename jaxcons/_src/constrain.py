@@ -11,6 +11,7 @@ import optax
 
 from jaxcons._src.base import Constraint, FunctionConstraint
 from jaxcons._src.declarations import DeclaredRules, required_rules
+from jaxcons._src.matrix_stacks import ONE_MATRIX
 from jaxcons._src.numerics import accumulation_dtype, inward_bounds, wider_float
 from jaxcons._src.registry import CONSTRAINTS
 from jaxcons._src.rules import Rules, RulesLike, build_rules
@@ -420,7 +421,9 @@ def violations(
         ``True``, or the setting of a `Rules` object passed as ``rules``.
 
     Returns:
-      ``{path: scalar}`` in the tree's flattening order, each scalar in at least float32.
+      ``{path: scalar}`` in the tree's flattening order, each scalar in at least float32; for
+      a constraint with ``batch_axes`` (`Orthogonal`, `SpectralNorm`, `SingularValueClip`,
+      `NuclearBall`), an array of the batch shape: one value per matrix.
 
     Raises:
       ValueError: as `apply_constraints`.
@@ -439,5 +442,7 @@ def violations(
         w = jnp.asarray(leaves[i])
         dtype = accumulation_dtype(w.dtype)
         gap = jnp.abs(w.astype(dtype) - call_leaf(c, path, w).astype(dtype))
-        out[path] = jnp.max(gap) if w.size else jnp.zeros((), dtype)
+        stack = getattr(c, "matrix_stack", ONE_MATRIX)  # One value per matrix.
+        per_matrix = stack.split(gap).reshape((*stack.batch_shape(w.shape), -1))
+        out[path] = jnp.max(per_matrix, axis=-1, initial=0)
     return out

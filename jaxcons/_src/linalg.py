@@ -12,14 +12,20 @@ import jax.numpy as jnp
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxcons._src.matrix_stacks import MatrixStack
 from jaxcons._src.numerics import accumulation_dtype
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def check_matrix(owner: str, shape: tuple[int, ...], path: str) -> None:
-    """Raises ``ValueError`` for a parameter of rank < 2, naming ``owner``, the path and shape."""
-    if len(shape) < 2:
+def check_matrix(
+    owner: str, shape: tuple[int, ...], path: str, stack: MatrixStack | None = None
+) -> None:
+    """Raises ``ValueError`` for a parameter of rank < 2, or one that a non-trivial ``stack``
+    does not fit, naming ``owner``, the path and shape."""
+    if stack is not None and not stack.trivial:
+        stack.check(owner, tuple(shape), path)
+    elif len(shape) < 2:
         where = f"parameter {path!r}" if path else "the array"
         raise ValueError(
             f"{owner} acts on kernels of rank >= 2 (viewed as (prod(shape[:-1]), shape[-1]) "
@@ -191,6 +197,20 @@ def like_last_axis(u: jax.Array, w: jax.Array) -> jax.Array:
     if isinstance(w, jax.core.Tracer):
         return jax.sharding.reshard(u, last)
     return jax.device_put(u, NamedSharding(sharding.mesh, last))
+
+
+def like_batch_axes(x: jax.Array, kernels: jax.Array, n_batch: int) -> jax.Array:
+    """Shards ``x`` (shape ``batch_shape + rest``) like the ``n_batch`` leading (batch) axes of
+    ``kernels`` (a split `MatrixStack`), where that sharding is known: per-matrix state then
+    lives with its matrix, and `jax.vmap` on an ``Explicit`` mesh maps axes sharded alike."""
+    sharding = _known_sharding(kernels)
+    if sharding is None or n_batch == 0:
+        return x
+    spec = tuple(sharding.spec) + (None,) * kernels.ndim
+    target = P(*spec[:n_batch], *(None,) * (x.ndim - n_batch))
+    if isinstance(kernels, jax.core.Tracer):
+        return jax.sharding.reshard(x, target)
+    return jax.device_put(x, NamedSharding(sharding.mesh, target))
 
 
 def top_right_singular_vector(matrix: jax.Array) -> jax.Array:

@@ -11,7 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from jaxcons._src.linalg import HIGHEST, initial_vector, is_explicit, matvec, normalize
+from jaxcons._src.linalg import (
+    HIGHEST,
+    initial_vector,
+    is_explicit,
+    like_batch_axes,
+    matvec,
+    normalize,
+)
+from jaxcons._src.matrix_stacks import ONE_MATRIX, MatrixStack
 from jaxcons._src.numerics import accumulation_dtype
 from jaxcons._src.rounding import (
     gamma,
@@ -22,7 +30,6 @@ from jaxcons._src.rounding import (
     unit_roundoff,
     up,
 )
-from jaxcons._src.validation import real_number
 
 
 class SpectralBound(NamedTuple):
@@ -145,67 +152,127 @@ def _abs_gram_row_sum(x_abs: jax.Array, tall: bool) -> jax.Array:
     return jnp.max(jnp.sum(x_abs * r.reshape((1,) * len(lead) + r.shape), axis=-1))
 
 
-def certified_spectral_bound(
-    kernel: jax.Array,
-    start: jax.Array | None = None,
-    *,
-    rtol: float | None = None,
-    n_lanczos: int = 24,
-    stop_below: jax.Array | float | None = None,
-) -> SpectralBound:
-    """A certified upper bound on the largest singular value of a kernel's ``(rows, out)`` view.
+def _split_gram(xs: jax.Array, u: float, tiny: float) -> tuple[jax.Array, jax.Array]:
+    """The smaller Gram matrix of ``xs`` (largest entry below 1), to about ``u`` relative, and
+    a bound on its error, in four products; ``_kernel_gram``'s one product is off by up to
+    ``gamma_m || |xs| ||_2^2``, which for a dense orthogonal matrix is ``0.64 n gamma_m`` of
+    ``lambda_max``.
 
-    The kernel ``W`` (rank >= 2; float32, or float64 where enabled; narrower floats are
-    widened to float32 exactly) is never reshaped: see `spectral_norm_bound` for the
-    method, the rounding analysis and the contract. ``start`` (shape ``(out,)``) is a guess
-    of the top right singular vector (`SpectralNorm` passes its power-iteration vector).
-
-    The bound is certified by one Cholesky factorization at ``(1 + rtol)`` times the Lanczos
-    estimate of ``lambda_max`` (or just inside the ball ``stop_below^2``, when given and
-    larger: its success proves ``sigma_max <= stop_below`` unless the rounding margin is
-    unusually large). Only when that factorization fails does a `jax.lax.cond` run the ladder
-    ``(1 + 50 rtol)``, 1.02, 1.2 and 2 times the estimate.
-
-    The value is a constant under differentiation (the constraints that scale by it give the
-    scale the derivative of their own estimate).
+    ``xs = H + M + R``: ``H`` is ``xs`` truncated to multiples of ``2^-k``, ``M`` the rest
+    truncated to multiples of ``2^-2k``, with ``2k + log2(m) <= p`` (``p`` significand bits),
+    so every partial sum of ``H^T H``, ``H^T M`` and ``M^T M`` is a multiple of the smallest
+    unit below ``m`` times the largest: they are exact in any summation order. With
+    ``S = H + M``, ``xs^T xs = S^T S + R^T xs + xs^T R - R^T R``, and ``R^T R`` is positive
+    semidefinite, so ``A^ = H^T H + (B + B^T) + M^T M + (C + C^T)``, ``B = H^T M``,
+    ``C = fl(R^T xs)``, has ``lambda_max(xs^T xs) <= lambda_max(A^) + ||E||_2`` where ``|E|``
+    is at most ``gamma_m (|R|^T |xs| + |xs|^T |R|) + 2 m tiny`` (the one rounded product) plus
+    ``gamma_6`` times the sum of the six terms' absolute values (the final additions).
     """
-    x = jax.lax.stop_gradient(jnp.asarray(kernel))
-    dtype = accumulation_dtype(x.dtype)
-    if rtol is None:
-        rtol = 1e-12 if dtype == np.float64 else 1e-5
-    x = x.astype(dtype)
+    lead = tuple(range(xs.ndim - 1))
+    rows, out = math.prod(xs.shape[:-1]), xs.shape[-1]
+    tall = rows >= out
+    axes = lead if tall else (xs.ndim - 1,)
+    m, n = (rows, out) if tall else (out, rows)
+    bits = np.finfo(xs.dtype).nmant + 1
+    k = (bits - math.ceil(math.log2(max(m, 2)))) // 2
+    high = jnp.trunc(xs * 2.0**k) * 2.0**-k
+    rest = xs - high
+    middle = jnp.trunc(rest * 2.0 ** (2 * k)) * 2.0 ** (-2 * k)
+    low = rest - middle
+
+    def product(a: jax.Array, b: jax.Array) -> jax.Array:
+        out_sharding = P() if is_explicit(a) else None
+        c = jnp.tensordot(a, b, axes=(axes, axes), precision=HIGHEST, out_sharding=out_sharding)
+        return c.reshape(n, n)
+
+    a, b, c, r = (
+        product(high, high),
+        product(high, middle),
+        product(middle, middle),
+        product(low, xs),
+    )
+    gram = _mirror_upper(((a + c) + (b + b.T)) + (r + r.T))
+    terms = ((jnp.abs(a) + jnp.abs(c)) + (jnp.abs(b) + jnp.abs(b.T))) + (jnp.abs(r) + jnp.abs(r.T))
+    additions = up(gamma(6, u) * max_row_sum(terms, u))
+    low_abs, xs_abs = jnp.abs(low), jnp.abs(xs)
+    if tall:
+        cross = jnp.maximum(
+            jnp.max(jnp.sum(low_abs * jnp.sum(xs_abs, axis=-1)[..., None], axis=lead)),
+            jnp.max(jnp.sum(xs_abs * jnp.sum(low_abs, axis=-1)[..., None], axis=lead)),
+        )
+    else:
+        shaped = (1,) * len(lead) + (out,)
+        cross = jnp.maximum(
+            jnp.max(jnp.sum(low_abs * jnp.sum(xs_abs, axis=lead).reshape(shaped), axis=-1)),
+            jnp.max(jnp.sum(xs_abs * jnp.sum(low_abs, axis=lead).reshape(shaped), axis=-1)),
+        )
+    # ||N + N^T||_2 <= max row sum of N + max row sum of N^T (N = |R|^T |xs| >= 0).
+    cross = up(2 * sum_bound(sum_bound(cross, out if tall else rows, u), m, u))
+    product_error = up(up(gamma(m, u) * cross) + 2 * 2 * m * n * tiny)
+    return gram, up(additions + product_error)
+
+
+class _Prepared(NamedTuple):
+    """One matrix's Gram matrix, shift and the scalars the bound is finished with."""
+
+    gram: jax.Array
+    estimate: jax.Array
+    first: jax.Array
+    gershgorin: jax.Array
+    gram_error: jax.Array
+    exponent: jax.Array
+    scaling_error: jax.Array
+    nu_x: jax.Array
+    flushed_error: jax.Array
+    amax: jax.Array
+    nonzero: jax.Array
+
+
+def _prepare(
+    x: jax.Array,
+    start: jax.Array | None,
+    stop_below: jax.Array | None,
+    *,
+    rtol: float,
+    n_lanczos: int,
+    split: bool,
+) -> _Prepared:
+    """Steps 1-4 and the first shift for one matrix view ``x`` (compute dtype)."""
+    dtype = x.dtype
     u = unit_roundoff(dtype)
     tiny = float(np.finfo(dtype).tiny)  # Covers underflow and flush-to-zero, per operation.
     rows, out = math.prod(x.shape[:-1]), x.shape[-1]
-    zero = jnp.zeros((), dtype)
-    if rows == 0 or out == 0:
-        return SpectralBound(zero, zero)
 
     # 1. Scale by an exact power of two: the largest entry in [1/2, 1).
     # Arithmetic may treat subnormal inputs as 0 (XLA:CPU runs with denormals-are-zero): the
     # matrix it sees is off by less than `tiny` in each subnormal entry, found from the bits.
     magnitude = magnitude_bits(x)
-    nonzero = jnp.any(magnitude != 0)
     subnormal = jnp.sum((magnitude != 0) & (magnitude < magnitude_bits(jnp.asarray(tiny, dtype))))
     flushed_error = up(jnp.sqrt(subnormal.astype(dtype)) * tiny)
     amax = jnp.max(jnp.abs(x))
     exponent = jnp.where(jnp.isfinite(amax) & (amax > 0), jnp.frexp(amax)[1], 0)
     xs = times_pow2(x, -exponent)
     # ||xs - 2^-e x||_2 <= ||.||_F: entries that underflowed, each off by less than `tiny`.
-    scaling_error = math.sqrt(rows * out) * tiny
+    scaling_error = jnp.asarray(math.sqrt(rows * out) * tiny, dtype)
 
     # 2. The Gram matrix A~ = fl(xs^T xs) (or xs xs^T): |A~ - A| <= gamma_m |xs|^T |xs| + 2 m tiny
-    # entrywise, so ||A~ - A||_2 <= gamma_m nu + 2 m n tiny, nu >= || |xs| ||_2^2.
-    gram, m, tall = _kernel_gram(xs)
-    n = gram.shape[0]
+    # entrywise, so ||A~ - A||_2 <= gamma_m nu + 2 m n tiny, nu >= || |xs| ||_2^2; or the split
+    # Gram matrix, whose error is about u lambda_max.
+    tall = rows >= out
+    m = rows if tall else out
+    n = out if tall else rows
     nu_x = sum_bound(sum_bound(_abs_gram_row_sum(jnp.abs(xs), tall), n, u), m, u)
-    gram_error = up(up(gamma(m, u) * nu_x) + 2 * m * n * tiny)
+    if split:
+        gram, gram_error = _split_gram(xs, u, tiny)
+    else:
+        gram = _kernel_gram(xs)[0]
+        gram_error = up(up(gamma(m, u) * nu_x) + 2 * m * n * tiny)
 
     # 3. The shift: a lower estimate mu of lambda_max(A~), by Lanczos on A~.
     if start is None:
         vec = initial_vector(n, dtype)
     else:
-        start = jax.lax.stop_gradient(jnp.asarray(start, dtype))
+        start = jax.lax.stop_gradient(start.astype(dtype))
         vec = start if tall else matvec(xs, start).reshape(n)
         if is_explicit(vec):  # The power-iteration vector is sharded like the kernel's axis.
             vec = jax.sharding.reshard(vec, P())
@@ -214,162 +281,115 @@ def certified_spectral_bound(
         vec = normalize(vec, initial_vector(n, dtype))[0] + 0.25 * initial_vector(n, dtype)
         vec = normalize(vec, initial_vector(n, dtype))[0]
     ritz = _lanczos_top(gram, vec, n_lanczos)
-
     estimate = jnp.maximum(ritz, jnp.trace(gram) / n)  # Both <= lambda_max.
+
+    # 4. Without a factorization: lambda_max(A~) <= its largest absolute row sum (Gershgorin),
+    # tight when the columns are orthogonal.
+    gershgorin = max_row_sum(jnp.abs(gram), u)
+
+    # 5. The first shift: just above the estimate (1 + rtol), or just inside the ball's own
+    # bound when that is larger (its success certifies sigma_max <= stop_below).
+    first = estimate * (1 + rtol)
+    if stop_below is not None:
+        c2 = jnp.square(times_pow2(stop_below.astype(dtype), -exponent))
+        inside = (c2 - gram_error) * (1 - 4 * u) / (1 + FEASIBLE_MARGIN)
+        first = jnp.maximum(inside, first)
+    return _Prepared(
+        gram, estimate, first, gershgorin, gram_error, exponent, scaling_error, nu_x,
+        flushed_error, amax, jnp.any(magnitude != 0),
+    )  # fmt: skip
+
+
+def _finish(p: _Prepared, proved: jax.Array) -> SpectralBound:
+    """The certified bound of one matrix from the smallest ``lambda_max(A~)`` bound proved."""
 
     def sigma_from_lambda(lam: jax.Array) -> jax.Array:
         """sigma_max(W) from an upper bound on lambda_max(A~)."""
-        lam = up(lam + gram_error)  # lambda_max(xs^T xs)
-        sigma = up(up(jnp.sqrt(lam)) + scaling_error)
-        return times_pow2(sigma, exponent)
+        lam = up(lam + p.gram_error)  # lambda_max(xs^T xs)
+        sigma = up(up(jnp.sqrt(lam)) + p.scaling_error)
+        return times_pow2(sigma, p.exponent)
 
-    # 4. Without a factorization: lambda_max(A~) <= its largest absolute row sum (Gershgorin),
-    # tight when the columns are orthogonal; never worse than the ladder's last rung fails.
-    best = sigma_from_lambda(max_row_sum(jnp.abs(gram), u))
-
-    # 5. A Cholesky factorization of tau I - A~ that runs to completion proves
-    # lambda_max(A~) <= tau + its rounding margin (a sixth of a product). The common step
-    # tries one tau: just above the estimate (1 + rtol), or just inside the ball's own bound
-    # when that is larger (its success certifies sigma_max <= stop_below). Only if it fails (a
-    # poor estimate) does the ladder run, further above the estimate; the smallest bound proved
-    # is kept.
-    first = estimate * (1 + rtol)
-    if stop_below is not None:
-        c2 = jnp.square(times_pow2(jnp.asarray(stop_below, dtype), -exponent))
-        inside = (c2 - gram_error) * (1 - 4 * u) / (1 + FEASIBLE_MARGIN)
-        first = jnp.maximum(inside, first)
-    primary = _cholesky_bound(gram, first, u)
-
-    def ladder() -> jax.Array:
-        taus = estimate * (1 + jnp.asarray(np.array([50 * rtol, 0.02, 0.2, 1.0]), dtype))
-        return jnp.min(jnp.stack([_cholesky_bound(gram, tau, u) for tau in taus]))
-
-    proved = jax.lax.cond(jnp.isfinite(primary), lambda: primary, ladder)
-    best = jnp.minimum(best, sigma_from_lambda(proved))
-
-    abs_norm = times_pow2(up(up(jnp.sqrt(nu_x)) + scaling_error), exponent)
-    nonfinite = ~jnp.isfinite(amax)
-    best = jnp.where(nonzero, jnp.where(nonfinite, amax, up(best + flushed_error)), 0)
-    abs_norm = jnp.where(nonzero, jnp.where(nonfinite, amax, up(abs_norm + flushed_error)), 0)
+    best = sigma_from_lambda(jnp.minimum(p.gershgorin, proved))
+    abs_norm = times_pow2(up(up(jnp.sqrt(p.nu_x)) + p.scaling_error), p.exponent)
+    nonzero, nonfinite = p.nonzero, ~jnp.isfinite(p.amax)
+    best = jnp.where(nonzero, jnp.where(nonfinite, p.amax, up(best + p.flushed_error)), 0)
+    abs_norm = jnp.where(nonzero, jnp.where(nonfinite, p.amax, up(abs_norm + p.flushed_error)), 0)
     return SpectralBound(best, abs_norm)
 
 
-def spectral_norm_bound(
-    w: jax.typing.ArrayLike,
+# The ladder of shifts (times the estimate) tried where the first Cholesky factorization fails:
+# relative steps of 10, 100 and 1000 times rtol, then 2%, 20% and 100%.
+_LADDER_RTOLS = (10.0, 100.0, 1000.0)
+_LADDER_STEPS = (0.02, 0.2, 1.0)
+
+
+def certified_spectral_bound(
+    kernel: jax.Array,
+    start: jax.Array | None = None,
     *,
-    start: jax.typing.ArrayLike | None = None,
     rtol: float | None = None,
-) -> jax.Array:
-    """A certified upper bound on the largest singular value of a kernel, rounding included.
+    n_lanczos: int = 24,
+    stop_below: jax.Array | float | None = None,
+    stack: MatrixStack = ONE_MATRIX,
+    split: bool = False,
+) -> SpectralBound:
+    """A certified upper bound on the largest singular value of each matrix of a kernel.
 
-    A kernel of rank > 2 is viewed as the ``(prod(shape[:-1]), shape[-1])`` matrix, as by
-    `SpectralNorm` (a Conv2D kernel ``(h, w, in, out)`` as ``(h * w * in, out)``; that matrix's
-    spectral norm bounds the convolution's Lipschitz constant up to a factor that depends only
-    on the kernel size, Miyato et al. 2018). The computation is in float32 (bfloat16 and
-    float16 are widened exactly), or float64 for float64 kernels.
+    The kernel ``W`` (float32, or float64 where enabled; narrower floats are widened to
+    float32 exactly) is split by ``stack`` into matrices (one, by default), each viewed as
+    ``(rows, out)``: see `jaxcons.spectral_norm_bound` for the method, the rounding analysis and
+    the contract. ``start`` (shape ``batch_shape + (out,)``) is a guess of each top right
+    singular vector (`SpectralNorm` passes its power-iteration vectors). ``split`` forms the
+    Gram matrix to about ``u`` relative in four products (`_split_gram`), instead of one
+    product whose worst-case error is ``gamma_m || |W| ||_2^2``.
 
-    .. math:: \\sigma_{\\max}(W)^2 = \\lambda_{\\max}(A), \\quad A = W^T W, \\qquad
-        \\tau I - A \\succeq 0 \\implies \\lambda_{\\max}(A) \\le \\tau.
+    Each bound is certified by one Cholesky factorization at ``(1 + rtol)`` times the Lanczos
+    estimate of ``lambda_max`` (or just inside the ball ``stop_below^2``, when given and
+    larger). Only where that factorization fails does a `jax.lax.cond` run the ladder (10, 100
+    and 1000 ``rtol``, then 2%, 20% and 100% above the estimate) for every matrix: its
+    predicate is one flag for the whole stack, so a stack sharded along its batch axes moves
+    one boolean across devices, and the common step runs no ladder (a `jax.lax.cond` under
+    `jax.vmap` would run both branches).
 
-    One matrix product forms the smaller Gram matrix ``A`` (``W W^T`` for a wide ``W``), after
-    ``W`` is scaled by an exact power of two (its entries may be anywhere in the float range).
-    24 Lanczos steps on ``A`` (matrix-vector products, from ``start`` when given) give an
-    estimate ``rho`` of ``lambda_max(A)``. A Cholesky factorization of ``tau I - A`` (a sixth
-    of a product) that runs to completion proves ``tau I - A`` positive definite up to its
-    rounding. It is tried at ``tau = rho (1 + rtol)``, within about ``rtol / 2`` of
-    ``sigma_max`` plus the rounding margin when ``rho`` is that good; only if it fails does a
-    `jax.lax.cond` try ``1 + 50 rtol``, 1.02, 1.2 and 2 times ``rho``. The bound is also at
-    most the square root of the largest absolute row sum of ``A`` (Gershgorin), tight when the
-    columns are orthogonal. This is the Gram step of Delattre et al. (2023) followed by an
-    exact certificate instead of more squarings, so it costs about one product, not several.
-
-    **Rounding.** The bound covers the rounding of every operation, with ``u`` the unit
-    roundoff (``2^-24`` in float32), ``gamma_k = k u / (1 - k u)`` and ``eta`` the smallest
-    normal number (underflow, flush-to-zero, and subnormal inputs, which XLA:CPU reads as 0):
-
-    1. ``W_s = 2^-e W`` is exact except for entries that underflow or are subnormal:
-       ``||W_s - 2^-e W||_2 <= sqrt(rows cols) eta`` (and ``sqrt(#subnormal) eta`` for the
-       input, added to the result).
-    2. Each entry of ``A~ = fl(W_s^T W_s)`` is a dot product of length ``m``, off by at most
-       ``gamma_m`` times the same product of absolute values plus ``2 m eta``, in any
-       summation order (Higham, Lemma 3.1), so ``lambda_max(A) <= lambda_max(A~) + gamma_m nu
-       + 2 m n eta``, with ``nu`` the largest row sum of ``|W_s|^T |W_s|`` (two matrix-vector
-       products), which bounds ``|| |W_s|^T |W_s| ||_2``. ``A~`` is made exactly symmetric by
-       mirroring its upper triangle.
-    3. If the factorization of ``M = fl(tau I - A~)`` completes, the computed factor has
-       ``L L^T = M + E`` with ``|E| <= gamma_{n+1} |L| |L^T|`` (Higham, Theorem 10.3), so
-       ``||E||_2 <= gamma_{n+1} min(||L||_F^2, || |L| ||_1 || |L| ||_inf)`` (read off the
-       computed ``L``) and ``lambda_max(A~) <= tau + ||E||_2 + u max m_ii``.
-    4. The scalar chain only adds, multiplies, divides and takes square roots of nonnegative
-       numbers (monotone operations), and each result is moved up by one ulp: an upper bound of
-       the exact value.
-
-    The margin is relative ``~ gamma_m nu / (2 lambda_max)`` (the Gram product's worst case:
-    ``nu / lambda_max`` is 1 for a rank-one matrix with entries of one sign, about ``0.16 n``
-    for a Gaussian ``n x n`` one and ``0.64 n`` for a dense orthogonal one) plus the
-    factorization's, usually far smaller. BUILD.md ("SpectralNorm certificate") gives the
-    measured excess over the float64 SVD's value, from 32x32 to 2048x2048. Sums of a dot
-    product are assumed to be float32 (or wider) IEEE operations in any order, as on CPUs and
-    on GPUs at ``Precision.HIGHEST`` (no TF32), and the Cholesky factorization a standard one
-    (LAPACK, cuSOLVER); TPUs emulate float32 products with bfloat16 passes at ``HIGHEST``,
-    whose error is of the same order but outside this proof.
-
-    Args:
-      w: a floating array of rank >= 2 (bfloat16, float16 and float32 are computed in
-        float32, float64 in float64).
-      start: an optional guess of the top right singular vector of the matrix view, shape
-        ``(w.shape[-1],)``; a fixed random vector otherwise. It only affects how tight the
-        bound is.
-      rtol: the certificate is tried first at ``(1 + rtol)`` times the Lanczos estimate of
-        ``sigma_max^2``, so the bound is within about ``rtol / 2`` of ``sigma_max`` plus the
-        rounding margin when the estimate is that good (a finite number >= 0; default
-        ``1e-5``, ``1e-12`` for float64). The looser tries (``1 + 50 rtol``, 1.02, 1.2, 2)
-        cover a poor estimate.
-
-    Returns:
-      A scalar of the compute dtype, never below the exact largest singular value of ``w``'s
-      matrix view (as its entries are: bfloat16 or float16 entries are exact in float32): 0
-      for a zero or empty matrix, ``inf`` for one with an infinite entry, NaN for one with a
-      NaN. It is a constant under differentiation. Works under ``jax.jit`` and ``jax.vmap``.
-
-    Raises:
-      ValueError: if ``w`` has rank < 2, ``start`` the wrong shape or ``rtol`` is not a
-        finite number >= 0.
-      TypeError: if ``w`` is not of a real floating dtype.
-
-    Example:
-      >>> import jax.numpy as jnp, jaxcons
-      >>> w = jnp.array([[3.0, 0.0], [0.0, 1.0]])
-      >>> bound = jaxcons.spectral_norm_bound(w)
-      >>> bool(3.0 <= bound <= 3.0 * (1 + 1e-5))
-      True
-
-    References:
-      Miyato, Kataoka, Koyama & Yoshida, "Spectral normalization for generative adversarial
-      networks", ICLR (2018).
-      Delattre, Barthelemy, Araujo & Allauzen, "Efficient bound of Lipschitz constant for
-      convolutional layers by Gram iteration", ICML (2023).
-      Higham, "Accuracy and Stability of Numerical Algorithms", 2nd ed., SIAM (2002),
-      chapter 3.
+    Returns bounds of the stack's batch shape. The value is a constant under differentiation
+    (the constraints that scale by it give the scale the derivative of their own estimate).
     """
-    w = jnp.asarray(w)
-    if w.ndim < 2:
-        raise ValueError(
-            f"spectral_norm_bound takes a kernel of rank >= 2 (viewed as a (prod(shape[:-1]), "
-            f"shape[-1]) matrix), got an array of shape {tuple(w.shape)}. For a vector, its L2 "
-            "norm is its spectral norm: jnp.linalg.norm(w)."
-        )
-    if not jnp.issubdtype(w.dtype, jnp.floating):
-        raise TypeError(
-            f"spectral_norm_bound takes a real floating kernel, got dtype {w.dtype}. Cast it "
-            "first, e.g. w.astype(jnp.float32)."
-        )
-    rtol = None if rtol is None else real_number("rtol", rtol, minimum=0.0)
+    x = jax.lax.stop_gradient(jnp.asarray(kernel))
+    dtype = accumulation_dtype(x.dtype)
+    if rtol is None:
+        rtol = 1e-12 if dtype == np.float64 else 1e-5
+    x = stack.split(x.astype(dtype))
+    batch = x.shape[: len(stack.batch_axes)]
+    matrix = x.shape[len(stack.batch_axes) :]
+    u = unit_roundoff(dtype)
+    if math.prod(matrix) == 0:
+        zero = jnp.zeros(batch, dtype)
+        return SpectralBound(zero, zero)
+    limit = None if stop_below is None else jnp.broadcast_to(jnp.asarray(stop_below, dtype), batch)
+    if limit is not None:
+        limit = like_batch_axes(limit, x, len(batch))
     if start is not None:
-        start = jnp.asarray(start)
-        if start.shape != (w.shape[-1],):
-            raise ValueError(
-                f"start must have shape (w.shape[-1],) = ({w.shape[-1]},) for a kernel of shape "
-                f"{tuple(w.shape)}, got shape {tuple(start.shape)}."
-            )
-    return certified_spectral_bound(w, start, rtol=rtol).bound
+        start = like_batch_axes(jnp.asarray(start), x, len(batch))
+
+    def prepare(x: jax.Array, start: jax.Array | None, limit: jax.Array | None) -> _Prepared:
+        return _prepare(x, start, limit, rtol=rtol, n_lanczos=n_lanczos, split=split)
+
+    each = stack.each
+    # Constant fields come out of vmap unsharded: on an Explicit mesh, vmap maps only axes
+    # sharded alike.
+    prepared = jax.tree.map(
+        lambda a: like_batch_axes(a, x, len(batch)), each(prepare)(x, start, limit)
+    )
+    primary = each(lambda g, t: _cholesky_bound(g, t, u))(prepared.gram, prepared.first)
+
+    def ladder() -> jax.Array:
+        def rungs(gram: jax.Array, estimate: jax.Array) -> jax.Array:
+            factors = np.array([r * rtol for r in _LADDER_RTOLS] + list(_LADDER_STEPS))
+            taus = estimate * (1 + jnp.asarray(factors, dtype))
+            return jnp.min(jnp.stack([_cholesky_bound(gram, tau, u) for tau in taus]))
+
+        tried = each(rungs)(prepared.gram, prepared.estimate)
+        return jnp.where(jnp.isfinite(primary), primary, tried)
+
+    proved = jax.lax.cond(jnp.all(jnp.isfinite(primary)), lambda: primary, ladder)
+    return each(_finish)(prepared, like_batch_axes(proved, x, len(batch)))

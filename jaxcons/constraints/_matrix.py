@@ -20,10 +20,12 @@ from jaxcons._src.linalg import (
     like,
     svd,
 )
+from jaxcons._src.matrix_stacks import MatrixStack, matrix_stack
 from jaxcons._src.numerics import accumulation_dtype, exact_projection
 from jaxcons._src.schedules import Evaluated, Scheduled, schedulable
 from jaxcons._src.validation import positive_number, real_number
-from jaxcons.constraints._orthogonal import attainable_tolerance, stiefel_tangent
+from jaxcons.constraints._orthogonal import attainable_tolerance
+from jaxcons.constraints._stiefel import stiefel_tangent
 
 
 class SingularValueClip(Constraint):
@@ -54,11 +56,17 @@ class SingularValueClip(Constraint):
     Args:
       min_value: the lower bound ``a >= 0``.
       max_value: the upper bound ``b >= a``.
+      batch_axes: axes (of ``view``, when given) whose every index is a separate matrix,
+        projected on its own: an int or a tuple of ints; ``()`` (the default) for one matrix
+        per parameter.
+      view: ``None``, or a shape of the parameter's size to reshape it to before
+        ``batch_axes`` apply (a fused QKV weight as ``(3 * heads, head_dim, dim)``).
 
     Raises:
       ValueError: at construction, for a bound that is negative or not finite, or
         ``min_value > max_value``; when applied, for a parameter of rank < 2 (naming its
-        path and shape).
+        path and shape), or one that ``view`` and ``batch_axes`` do not fit.
+      TypeError: for ``batch_axes`` or ``view`` that are not ints.
 
     Example:
       >>> import jax.numpy as jnp, jaxcons
@@ -80,7 +88,14 @@ class SingularValueClip(Constraint):
         non-convex."""
         return self._min == 0
 
-    def __init__(self, min_value: float = 0.0, max_value: float = 1.0):
+    def __init__(
+        self,
+        min_value: float = 0.0,
+        max_value: float = 1.0,
+        *,
+        batch_axes: int | tuple[int, ...] = (),
+        view: tuple[int, ...] | None = None,
+    ):
         self._min = real_number("min_value", min_value, minimum=0.0)
         self._max = real_number("max_value", max_value, minimum=0.0)
         if self._min > self._max:
@@ -90,17 +105,23 @@ class SingularValueClip(Constraint):
             )
         self.min_value = min_value
         self.max_value = max_value
+        self.matrix_stack: MatrixStack = matrix_stack("SingularValueClip", view, batch_axes)
 
     def check(self, shape: tuple[int, ...], path: str) -> None:
-        check_matrix("SingularValueClip", shape, path)
+        check_matrix("SingularValueClip", shape, path, self.matrix_stack)
 
     def __call__(self, w: jax.Array) -> jax.Array:
         w = jnp.asarray(w)
         self.check(w.shape, "")
-        return clip_singular_values(w, self._min, self._max)
+        low, high = self._min, self._max
+        return self.matrix_stack.apply(lambda m: clip_singular_values(m, low, high), w)
 
     def get_config(self) -> dict[str, Any]:
-        return {"min_value": self.min_value, "max_value": self.max_value}
+        return {
+            "min_value": self.min_value,
+            "max_value": self.max_value,
+            **self.matrix_stack.config(),
+        }
 
 
 class NuclearBall(Constraint):
@@ -119,11 +140,19 @@ class NuclearBall(Constraint):
     kernels). Every call is one SVD, which gathers a sharded kernel.
 
     Args:
-      radius: the radius ``r > 0`` (finite), or an optax schedule of it.
+      radius: the radius ``r > 0`` (finite), or an optax schedule of it: with ``batch_axes``,
+        the radius of every matrix's ball.
+      batch_axes: axes (of ``view``, when given) whose every index is a separate matrix,
+        projected on its own: an int or a tuple of ints; ``()`` (the default) for one matrix
+        per parameter.
+      view: ``None``, or a shape of the parameter's size to reshape it to before
+        ``batch_axes`` apply (a fused QKV weight as ``(3 * heads, head_dim, dim)``).
 
     Raises:
       ValueError: at construction, for a radius that is not finite and > 0; when applied,
-        for a parameter of rank < 2.
+        for a parameter of rank < 2, or one that ``view`` and ``batch_axes`` do not fit
+        (naming its path and shape).
+      TypeError: for ``batch_axes`` or ``view`` that are not ints.
 
     Example:
       >>> import jax.numpy as jnp, jaxcons
@@ -143,20 +172,28 @@ class NuclearBall(Constraint):
     convex = True
     elementwise_bounds = None
 
-    def __init__(self, radius: float):
+    def __init__(
+        self,
+        radius: float,
+        *,
+        batch_axes: int | tuple[int, ...] = (),
+        view: tuple[int, ...] | None = None,
+    ):
         self._radius = schedulable("radius", radius, positive_number)
         self.radius = radius if isinstance(self._radius, Scheduled) else self._radius
+        self.matrix_stack: MatrixStack = matrix_stack("NuclearBall", view, batch_axes)
 
     def check(self, shape: tuple[int, ...], path: str) -> None:
-        check_matrix("NuclearBall", shape, path)
+        check_matrix("NuclearBall", shape, path, self.matrix_stack)
 
     def __call__(self, w: jax.Array) -> jax.Array:
         w = jnp.asarray(w)
         self.check(w.shape, "")
-        return nuclear_ball(w, cast(Evaluated, self._radius))
+        radius = cast(Evaluated, self._radius)
+        return self.matrix_stack.apply(lambda m: nuclear_ball(m, radius), w)
 
     def get_config(self) -> dict[str, Any]:
-        return {"radius": self.radius}
+        return {"radius": self.radius, **self.matrix_stack.config()}
 
 
 class PSD(Constraint):

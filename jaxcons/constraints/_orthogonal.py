@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.core
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec as P
 
 from jaxcons._src.base import StatefulConstraint
 from jaxcons._src.linalg import (
@@ -17,14 +15,23 @@ from jaxcons._src.linalg import (
     as_matrix,
     check_matrix,
     initial_vector,
-    is_explicit,
     like,
+    like_batch_axes,
     like_last_axis,
     power_iteration,
     svd,
 )
+from jaxcons._src.matrix_stacks import ONE_MATRIX, MatrixStack, matrix_stack
 from jaxcons._src.numerics import accumulation_dtype, exact_projection
 from jaxcons._src.validation import positive_int, positive_number
+from jaxcons.constraints._stiefel import (
+    gram,
+    gram_deviation,
+    identity_like_gram,
+    newton_schulz,
+    stiefel_tangent,
+    times_gram,
+)
 
 # The `Orthogonal` default, chosen by `benchmarks/orthogonal_iterations.py` (see BUILD.md).
 DEFAULT_NEWTON_SCHULZ_ITERATIONS = 3
@@ -55,7 +62,8 @@ class OrthogonalState(NamedTuple):
       u: the unit-norm estimate of the kernel's top right singular vector (the kernel viewed
         as ``(rows, out)``), shape ``(out,)``, float32 (float64 for float64 kernels), sharded
         like the kernel's last axis where that is known. It warm-starts the power iteration
-        that guards the Newton-Schulz steps against divergence.
+        that guards the Newton-Schulz steps against divergence. With ``batch_axes``, one
+        vector per matrix: shape ``batch_shape + (columns,)``.
     """
 
     u: jax.Array
@@ -100,9 +108,19 @@ class Orthogonal(StatefulConstraint):
       a `jax.lax.cond`: a step that passes runs neither, but XLA keeps their buffers (a
       training step's temporaries grow by a few kernel sizes, BUILD.md). The guarantee: after
       every step ``r <= tol``, or the SVD's polar factor, the best the dtype holds (not
-      checked again; ``r <= 7e-7`` in float32 on CPU, not yet measured on GPU). (Under
-      `jax.vmap` a `jax.lax.cond` on a batched predicate runs every branch, the SVD included;
-      `jaxcons.constrain` does not vmap.)
+      checked again; ``r <= 7e-7`` in float32 on CPU, not yet measured on GPU). (Under a
+      user's `jax.vmap` a `jax.lax.cond` on a batched predicate runs every branch, the SVD
+      included: use ``batch_axes`` instead.)
+
+    **Stacked matrices.** With ``batch_axes``, every index of those axes is its own matrix,
+    made orthogonal on its own: ``Orthogonal(batch_axes=0)`` on mixture-of-experts weights
+    ``(experts, d_in, d_out)`` makes every expert orthonormal. ``view`` first reshapes the
+    parameter (same size): ``Orthogonal(view=(3 * heads, head_dim, dim), batch_axes=0)`` on
+    a fused QKV weight ``(3 * heads * head_dim, dim)`` gives one matrix per head of q, k and
+    v. Every step runs on all matrices at once (nested `jax.vmap`); each `jax.lax.cond` above
+    is decided by one flag for the whole stack (whether any matrix failed its check) and
+    replaces only the matrices that failed, so a parameter sharded along a batch axis moves
+    one boolean across devices, and the SVD runs only in the rare step that needs it.
 
     ``tol=None`` (the default) is ``max(1e-5, attainable_tolerance(dtype))``: ``1e-5`` for
     float32 and float64 kernels, ``2 eps`` of the dtype for bfloat16 (``0.0156``) and float16
@@ -133,13 +151,20 @@ class Orthogonal(StatefulConstraint):
       n_iterations: Newton-Schulz steps per `project` call (a positive int).
       tol: the bound on the residual ``r`` after each `project` (finite, in ``(0, 1)``), or
         ``None``: ``max(1e-5, attainable_tolerance(dtype))``.
+      batch_axes: axes (of ``view``, when given) whose every index is a separate matrix: an
+        int or a tuple of ints; ``()`` (the default) for one matrix per parameter.
+      view: ``None``, or a shape of the parameter's size to reshape it to before
+        ``batch_axes`` apply.
 
     Raises:
+      TypeError: for ``batch_axes`` or ``view`` that are not ints.
       ValueError: at construction, for a ``scale`` that is not finite and > 0, an
         ``n_iterations`` that is not a positive int or a ``tol`` that is not ``None`` or a
         finite number in ``(0, 1)``; when applied, for a parameter of rank < 2; at `init`,
         for a concrete start too far from the set or a ``tol`` below what the kernel's dtype
-        attains.
+        attains; when applied, naming the path and shape, for a parameter the view does not
+        fit, a batch axis out of range or repeated, or batch axes that leave fewer than two
+        matrix axes.
 
     Example:
       >>> import jax.numpy as jnp, jaxcons
@@ -174,6 +199,9 @@ class Orthogonal(StatefulConstraint):
         scale: float = 1.0,
         n_iterations: int = DEFAULT_NEWTON_SCHULZ_ITERATIONS,
         tol: float | None = None,
+        *,
+        batch_axes: int | tuple[int, ...] = (),
+        view: tuple[int, ...] | None = None,
     ):
         self.scale = positive_number("scale", scale)
         self.n_iterations = positive_int("n_iterations", n_iterations)
@@ -183,14 +211,16 @@ class Orthogonal(StatefulConstraint):
                 "Orthogonal tol must be < 1 (a relative residual max |W^T W / s^2 - I|), "
                 f"got {tol!r}."
             )
+        self.matrix_stack: MatrixStack = matrix_stack("Orthogonal", view, batch_axes)
 
     def check(self, shape: tuple[int, ...], path: str) -> None:
-        check_matrix("Orthogonal", shape, path)
+        check_matrix("Orthogonal", shape, path, self.matrix_stack)
 
     def __call__(self, w: jax.Array) -> jax.Array:
         w = jnp.asarray(w)
         self.check(w.shape, "")
-        return polar(w, self.scale, attainable_tolerance(w.dtype))
+        tolerance = attainable_tolerance(w.dtype)
+        return self.matrix_stack.apply(lambda m: polar(m, self.scale, tolerance), w)
 
     def init(self, w: jax.Array) -> OrthogonalState:
         """Checks that a concrete start is near the set (see the class) and returns the start
@@ -199,9 +229,14 @@ class Orthogonal(StatefulConstraint):
         w = jnp.asarray(w)
         self.check(w.shape, "")
         self.tolerance(w.dtype)
-        matrix = as_matrix(w)
+        stack = self.matrix_stack
+        kernels = stack.split(w)
+        batch = kernels.shape[: len(stack.batch_axes)]
+        out = kernels.shape[-1]
         if not isinstance(w, jax.core.Tracer):
-            s = np.linalg.svd(np.asarray(matrix), compute_uv=False) / self.scale
+            matrices = np.asarray(kernels.astype(accumulation_dtype(w.dtype)))
+            matrices = matrices.reshape((*batch, -1, out))
+            s = np.linalg.svd(matrices, compute_uv=False) / self.scale
             low, high = _START_RANGE
             if s.size and not (s.min() >= low and s.max() <= high):
                 raise ValueError(
@@ -212,7 +247,10 @@ class Orthogonal(StatefulConstraint):
                     "initial parameters first: params = jaxcons.apply_constraints(params, "
                     "rules)."
                 )
-        u = initial_vector(w.shape[-1], accumulation_dtype(w.dtype))
+        u = initial_vector(out, accumulation_dtype(w.dtype))
+        if not stack.trivial:
+            u = jnp.broadcast_to(u, (*batch, out))
+            return OrthogonalState(u=like_batch_axes(u, kernels, len(batch)))
         return OrthogonalState(u=like_last_axis(u, w))
 
     def project(self, w: jax.Array, state: OrthogonalState) -> tuple[jax.Array, OrthogonalState]:
@@ -222,10 +260,18 @@ class Orthogonal(StatefulConstraint):
         w = jnp.asarray(w)
         self.check(w.shape, "")
         tol = self.tolerance(w.dtype)
-        kernel = w.astype(accumulation_dtype(w.dtype))
-        sigma, u = power_iteration(kernel, state.u, _GUARD_POWER_ITERATIONS)
-        y = newton_schulz(w, self.scale, self.n_iterations, jax.lax.stop_gradient(sigma))
-        return certify(w, y, self.scale, tol), OrthogonalState(u=u)
+        stack, scale, n = self.matrix_stack, self.scale, self.n_iterations
+
+        def steps(w: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array]:
+            kernel = w.astype(accumulation_dtype(w.dtype))
+            sigma, u = power_iteration(kernel, u, _GUARD_POWER_ITERATIONS)
+            return newton_schulz(w, scale, n, jax.lax.stop_gradient(sigma)), u
+
+        kernels = stack.split(w)
+        u = like_batch_axes(state.u, kernels, len(stack.batch_axes))
+        y, u = stack.each(steps)(kernels, u)
+        y = certify(kernels, y, scale, tol, stack)
+        return stack.merge(y, w.shape), OrthogonalState(u=u)
 
     def tolerance(self, dtype: Any) -> float:
         """The bound on the residual ``max |W^T W / s^2 - I|`` that `project` certifies for a
@@ -252,57 +298,16 @@ class Orthogonal(StatefulConstraint):
         ``G - W sym(W^T G) / s^2`` (``G - sym(G W^T) W / s^2`` for a wide kernel)."""
         w = jnp.asarray(w)
         self.check(w.shape, "")
-        return stiefel_tangent(w, jnp.asarray(g), self.scale)
+        scale = self.scale
+        return self.matrix_stack.apply(lambda a, b: stiefel_tangent(a, b, scale), w, jnp.asarray(g))
 
     def get_config(self) -> dict[str, Any]:
-        return {"scale": self.scale, "n_iterations": self.n_iterations, "tol": self.tol}
-
-
-def _lead(w: jax.Array) -> tuple[int, ...]:
-    return tuple(range(w.ndim - 1))
-
-
-def _tall(shape: tuple[int, ...]) -> bool:
-    """Whether the ``(rows, out)`` view has at least as many rows as columns (orthonormal
-    columns); otherwise its rows are orthonormal."""
-    return math.prod(shape[:-1]) >= shape[-1]
-
-
-def _gram(x: jax.Array) -> jax.Array:
-    """The smaller Gram matrix of the ``(rows, out)`` view: ``X^T X`` (``(out, out)``) for a
-    tall view, ``X X^T`` (shaped ``shape[:-1] * 2``) for a wide one.
-
-    A contraction of the kernel with itself on its own shape (no reshape), so a kernel sharded
-    along the contracted axes is reduced where it lives: the result is an all-reduce of the
-    small Gram matrix. On an Explicit mesh the Gram matrix is replicated.
-    """
-    out_sharding = P() if is_explicit(x) else None
-    axes = _lead(x) if _tall(x.shape) else (x.ndim - 1,)
-    return jnp.tensordot(x, x, axes=(axes, axes), precision=HIGHEST, out_sharding=out_sharding)
-
-
-def _times_gram(x: jax.Array, a: jax.Array) -> jax.Array:
-    """``X A`` (tall view, ``A`` of ``(out, out)``) or ``A X`` (wide view), on ``x``'s shape and
-    sharding."""
-    out_sharding = jax.typeof(x).sharding.spec if is_explicit(x) else None
-    if _tall(x.shape):
-        return jnp.tensordot(x, a, axes=1, precision=HIGHEST, out_sharding=out_sharding)
-    n = x.ndim - 1
-    return jnp.tensordot(a, x, axes=n, precision=HIGHEST, out_sharding=out_sharding)
-
-
-def _identity_like_gram(x: jax.Array) -> jax.Array:
-    if _tall(x.shape):
-        return jnp.eye(x.shape[-1], dtype=x.dtype)
-    rows = math.prod(x.shape[:-1])
-    return jnp.eye(rows, dtype=x.dtype).reshape(x.shape[:-1] * 2)
-
-
-def gram_deviation(w: jax.Array, scale: float) -> jax.Array:
-    """``max |G / scale^2 - I|`` for the smaller Gram matrix ``G`` of ``w``: how far its columns
-    (rows, for a wide kernel) are from orthonormal, times ``scale``."""
-    x = w.astype(accumulation_dtype(w.dtype)) / scale
-    return jnp.max(jnp.abs(_gram(x) - _identity_like_gram(x)))
+        return {
+            "scale": self.scale,
+            "n_iterations": self.n_iterations,
+            "tol": self.tol,
+            **self.matrix_stack.config(),
+        }
 
 
 def polar(w: jax.Array, scale: float, tolerance: float) -> jax.Array:
@@ -328,39 +333,6 @@ def polar(w: jax.Array, scale: float, tolerance: float) -> jax.Array:
     return exact_projection(project, w, on_set=lambda w, dw: stiefel_tangent(w, dw, scale))
 
 
-# `newton_schulz` divides the kernel by its estimated largest singular value (over ``scale``)
-# beyond this: the iteration diverges above sqrt(3), and the estimate is a lower bound.
-NEWTON_SCHULZ_GUARD = 1.5
-
-
-def newton_schulz(
-    w: jax.Array, scale: float, n_iterations: int, sigma: jax.Array | None = None
-) -> jax.Array:
-    """``n_iterations`` Newton-Schulz (Bjorck-Bowie) steps towards ``scale`` times the polar
-    factor of ``w``.
-
-    .. math:: X_0 = W / s, \\qquad X_{k+1} = \\tfrac12 X_k (3 I - X_k^\\top X_k), \\qquad
-       P(W) \\approx s X_n
-
-    (``X_{k+1} = (3 I - X_k X_k^\\top) X_k / 2`` for a wide kernel: the same map, with the
-    smaller Gram matrix). Each singular value follows ``x -> x (3 - x^2) / 2``: an error
-    ``e = x - 1`` becomes about ``-1.5 e^2``, so a kernel that was on the set one step ago
-    converges in a few steps. The iteration converges for singular values of ``W / s`` in
-    ``(0, sqrt(3))`` and diverges above: given ``sigma``, an estimate of the largest singular
-    value of ``w``, ``X_0`` is divided by ``sigma / s`` where that exceeds
-    `NEWTON_SCHULZ_GUARD` (the polar factor is unchanged; the singular values then approach 1
-    from below). Only matrix products: two per step, on the kernel's own shape.
-    """
-    x = w.astype(accumulation_dtype(w.dtype)) / scale
-    if sigma is not None:
-        ratio = sigma.astype(x.dtype) / scale
-        large = ratio > NEWTON_SCHULZ_GUARD
-        x = x / jnp.where(large, ratio, 1)
-    for _ in range(n_iterations):
-        x = 1.5 * x - 0.5 * _times_gram(x, _gram(x))
-    return (scale * x).astype(w.dtype)
-
-
 def attainable_tolerance(dtype: Any) -> float:
     """The smallest residual tolerance `Orthogonal` certifies for kernels of ``dtype``:
     ``max(2 eps(dtype), 32 eps(accumulation dtype))``.
@@ -375,9 +347,16 @@ def attainable_tolerance(dtype: Any) -> float:
     return max(2 * float(jnp.finfo(dtype).eps), 32 * wide)
 
 
-def certify(w: jax.Array, y: jax.Array, scale: float, tol: float) -> jax.Array:
-    """``y``, an approximation of ``scale`` times the polar factor of ``w`` (``w``'s shape and
-    dtype), where its residual ``max |G / s^2 - I|`` is at most ``tol``.
+def certify(
+    w: jax.Array,
+    y: jax.Array,
+    scale: float,
+    tol: float,
+    stack: MatrixStack = ONE_MATRIX,
+) -> jax.Array:
+    """``y``, an approximation of ``scale`` times the polar factor of each matrix of ``w``
+    (both split by ``stack``; ``w``'s shape and dtype), where its residual ``max |G / s^2 -
+    I|`` is at most ``tol``.
 
     ``G`` is the smaller Gram matrix of ``y`` as returned (its own dtype, multiplied out in
     the accumulation dtype): one matrix product. A measured residual passes at
@@ -385,27 +364,40 @@ def certify(w: jax.Array, y: jax.Array, scale: float, tol: float) -> jax.Array:
     check's own rounding (measured up to ``2e-7``). Above it, `_EXTRA_ITERATIONS` more
     Newton-Schulz steps from ``y`` (the first one product: ``G`` is at hand) and a second
     check; above that, the exact polar factor of ``w`` by one SVD. Each choice is a
-    `jax.lax.cond` (only the branch taken runs, except under `jax.vmap`, where every branch
-    runs). A NaN residual fails every check, so a diverged iteration ends at the SVD.
+    `jax.lax.cond` on one flag for the whole stack (any matrix failing), and only the matrices
+    that failed are replaced. A NaN residual fails every check, so a diverged iteration ends
+    at the SVD.
     """
     dtype = accumulation_dtype(w.dtype)
     passing = tol - 16 * float(jnp.finfo(dtype).eps)
+    each = stack.each
 
     def measured(y: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         z = y.astype(dtype)
-        gram = _gram(z) / (scale * scale)
+        g = gram(z) / (scale * scale)
         x = z / scale
-        return x, gram, jnp.max(jnp.abs(gram - _identity_like_gram(x)))
+        return x, g, jnp.max(jnp.abs(g - identity_like_gram(x)))
 
-    def refine(x: jax.Array, gram: jax.Array) -> jax.Array:
+    def steps(x: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
         for k in range(_EXTRA_ITERATIONS):
-            x = 1.5 * x - 0.5 * _times_gram(x, gram if k == 0 else _gram(x))
+            x = 1.5 * x - 0.5 * times_gram(x, g if k == 0 else gram(x))
         y = (scale * x).astype(w.dtype)
-        r = measured(y)[2]
-        return jax.lax.cond(r <= passing, lambda: y, lambda: _svd_polar(w, scale))
+        return y, measured(y)[2]
 
-    x, gram, r = measured(y)
-    return jax.lax.cond(r <= passing, lambda: y, lambda: refine(x, gram))
+    x, g, r = each(measured)(y)
+    first = r <= passing
+
+    def refine() -> jax.Array:
+        refined, r2 = each(steps)(x, g)
+        second = r2 <= passing
+
+        def exact() -> jax.Array:
+            return stack.select(second, refined, each(lambda m: _svd_polar(m, scale))(w))
+
+        refined = jax.lax.cond(jnp.all(second), lambda: refined, exact)
+        return stack.select(first, y, refined)
+
+    return jax.lax.cond(jnp.all(first), lambda: y, refine)
 
 
 def _svd_polar(w: jax.Array, scale: float) -> jax.Array:
@@ -413,27 +405,3 @@ def _svd_polar(w: jax.Array, scale: float) -> jax.Array:
     is gathered); for a zero kernel, the SVD's choice of orthonormal factors."""
     u, _, vh = jnp.linalg.svd(as_matrix(w), full_matrices=False)
     return like(scale * jnp.matmul(u, vh, precision=HIGHEST), w)
-
-
-def stiefel_tangent(w: jax.Array, g: jax.Array, scale: float) -> jax.Array:
-    """The orthogonal projection of ``g`` onto the tangent space at ``w`` of the scaled Stiefel
-    manifold ``{W : W^T W = s^2 I}`` (``W W^T = s^2 I`` for a wide kernel).
-
-    .. math:: P_W(G) = G - W \\operatorname{sym}(W^\\top G) / s^2, \\qquad
-       \\operatorname{sym}(A) = \\tfrac12 (A + A^\\top)
-
-    The tangent space is ``{Z : W^T Z + Z^T W = 0}`` and the normal space
-    ``{W S : S symmetric}``: with ``W^T W = s^2 I``, ``W^T P_W(G)`` is the skew part of
-    ``W^T G`` and ``G - P_W(G)`` lies in the normal space. For a wide kernel
-    ``P_W(G) = G - \\operatorname{sym}(G W^\\top) W / s^2``.
-    """
-    dtype = accumulation_dtype(w.dtype, g.dtype)
-    x, y = w.astype(dtype), g.astype(dtype)
-    tall = _tall(w.shape)
-    out_sharding = P() if is_explicit(x) else None
-    axes = _lead(x) if tall else (x.ndim - 1,)
-    cross = jnp.tensordot(x, y, axes=(axes, axes), precision=HIGHEST, out_sharding=out_sharding)
-    n = cross.ndim // 2
-    perm = tuple(range(n, 2 * n)) + tuple(range(n))
-    sym = (cross + jnp.transpose(cross, perm)) / (2 * scale * scale)
-    return (y - _times_gram(x, sym)).astype(g.dtype)

@@ -14,10 +14,12 @@ from jaxcons._src.linalg import (
     as_matrix,
     exact_sigma,
     initial_vector,
+    like_batch_axes,
     like_last_axis,
     power_iteration,
     top_right_singular_vector,
 )
+from jaxcons._src.matrix_stacks import ONE_MATRIX, MatrixStack, matrix_stack
 from jaxcons._src.numerics import accumulation_dtype
 from jaxcons._src.rounding import unit_roundoff
 from jaxcons._src.schedules import Evaluated, Scheduled, schedulable
@@ -33,7 +35,8 @@ class SpectralNormState(NamedTuple):
         viewed as a ``(rows, out)`` matrix (``out`` its last axis). Shape ``(out,)``, as the
         ``u`` of ``flax.linen.SpectralNorm`` and ``keras.layers.SpectralNormalization``: it is
         the smaller vector for convolution kernels and can be sharded like the kernel's last
-        axis. Dtype float32 (float64 for float64 kernels).
+        axis. Dtype float32 (float64 for float64 kernels). With ``batch_axes``, one vector
+        per matrix: shape ``batch_shape + (columns,)``.
     """
 
     u: jax.Array
@@ -77,14 +80,32 @@ class SpectralNorm(StatefulConstraint):
     matched by a too-broad rule raises a ``ValueError`` naming its path and shape. To bound
     a vector's L2 norm, use ``MaxNorm(max_value, axis=0)``.
 
+    **Stacked matrices.** With ``batch_axes``, every index of those axes is its own matrix,
+    bounded on its own, with its own power-iteration vector: ``SpectralNorm(1.0,
+    batch_axes=1)`` on an attention projection ``(embed, heads, head_dim)`` bounds every head,
+    ``batch_axes=0`` on ``(experts, d_in, d_out)`` every expert. ``view`` first reshapes the
+    parameter (same size): ``view=(3 * heads, head_dim, dim), batch_axes=0`` on a fused QKV
+    weight ``(3 * heads * head_dim, dim)`` gives one matrix per head of q, k and v. The
+    matrices are processed together (nested `jax.vmap`); a parameter sharded along a batch
+    axis is bounded where it lives, and only one flag (whether any certificate needs its
+    rare second try) crosses devices.
+
     Args:
       max_value: the bound ``c`` on the largest singular value (finite, > 0), or an optax
         schedule of it (evaluated at `jaxcons.constrain`'s step count).
       n_power_iterations: power-iteration steps per `project` call (a positive int).
+      batch_axes: axes (of ``view``, when given) whose every index is a separate matrix: an
+        int or a tuple of ints; ``()`` (the default) for one matrix per parameter.
+      view: ``None``, or a shape of the parameter's size to reshape it to before
+        ``batch_axes`` apply.
 
     Raises:
       ValueError: if ``max_value`` is not finite and > 0, or ``n_power_iterations`` is not a
-        positive int; when applied to a parameter of rank < 2.
+        positive int; for a view with fewer than two axes or an entry < 1, or repeated batch
+        axes; when applied to a parameter of rank < 2, or (naming its path and shape) one the
+        view does not fit, a batch axis out of range, or batch axes that leave fewer than two
+        matrix axes.
+      TypeError: for ``batch_axes`` or ``view`` that are not ints.
 
     Example:
       >>> import jax.numpy as jnp, jaxcons
@@ -116,14 +137,25 @@ class SpectralNorm(StatefulConstraint):
     convex = False
     elementwise_bounds = None
 
-    def __init__(self, max_value: float = 1.0, n_power_iterations: int = 1):
+    def __init__(
+        self,
+        max_value: float = 1.0,
+        n_power_iterations: int = 1,
+        *,
+        batch_axes: int | tuple[int, ...] = (),
+        view: tuple[int, ...] | None = None,
+    ):
         self._max = schedulable("max_value", max_value, positive_number)
         self.max_value = max_value if isinstance(self._max, Scheduled) else self._max
         self.n_power_iterations = positive_int("n_power_iterations", n_power_iterations)
+        self.matrix_stack: MatrixStack = matrix_stack("SpectralNorm", view, batch_axes)
 
     def check(self, shape: tuple[int, ...], path: str) -> None:
-        """Raises ``ValueError`` for a parameter of rank < 2."""
-        if len(shape) < 2:
+        """Raises ``ValueError`` for a parameter of rank < 2, or one that ``view`` and
+        ``batch_axes`` do not fit."""
+        if not self.matrix_stack.trivial:
+            self.matrix_stack.check("SpectralNorm", tuple(shape), path)
+        elif len(shape) < 2:
             where = f"parameter {path!r}" if path else "the array"
             raise ValueError(
                 f"SpectralNorm acts on kernels of rank >= 2, but {where} has shape {shape}. "
@@ -131,13 +163,13 @@ class SpectralNorm(StatefulConstraint):
                 "MaxNorm(max_value, axis=0)."
             )
 
-    def _matrix(self, w: jax.Array) -> jax.Array:
-        self.check(w.shape, "")
-        return as_matrix(w)
-
     def __call__(self, w: jax.Array) -> jax.Array:
         w = jnp.asarray(w)
-        return clip_spectral_norm(w, exact_sigma(self._matrix(w)), cast(Evaluated, self._max))
+        self.check(w.shape, "")
+        bound = cast(Evaluated, self._max)
+        return self.matrix_stack.apply(
+            lambda m: clip_spectral_norm(m, exact_sigma(as_matrix(m)), bound), w
+        )
 
     def init(self, w: jax.Array) -> SpectralNormState:
         """Returns the start of the power iteration: ``w``'s exact top right singular vector.
@@ -151,10 +183,18 @@ class SpectralNorm(StatefulConstraint):
         """
         w = jnp.asarray(w)
         self.check(w.shape, "")
-        matrix = as_matrix(w)
-        fallback = initial_vector(w.shape[-1], matrix.dtype)
-        u = jnp.where(jnp.any(matrix != 0), top_right_singular_vector(matrix), fallback)
-        return SpectralNormState(u=like_last_axis(u, w))
+
+        def start(kernel: jax.Array) -> jax.Array:
+            matrix = as_matrix(kernel)
+            fallback = initial_vector(kernel.shape[-1], matrix.dtype)
+            return jnp.where(jnp.any(matrix != 0), top_right_singular_vector(matrix), fallback)
+
+        stack = self.matrix_stack
+        if not stack.trivial:
+            kernels = stack.split(w)
+            u = stack.each(start)(kernels)
+            return SpectralNormState(u=like_batch_axes(u, kernels, len(stack.batch_axes)))
+        return SpectralNormState(u=like_last_axis(start(w), w))
 
     def project(
         self, w: jax.Array, state: SpectralNormState
@@ -166,13 +206,20 @@ class SpectralNorm(StatefulConstraint):
         """
         w = jnp.asarray(w)
         self.check(tuple(w.shape), "")
-        kernel = w.astype(accumulation_dtype(w.dtype))
-        sigma, u = power_iteration(kernel, state.u, self.n_power_iterations)
-        projected = clip_to_certified_bound(w, sigma, u, cast(Evaluated, self._max))
+        stack = self.matrix_stack
+        kernel = stack.split(w.astype(accumulation_dtype(w.dtype)))
+        n = self.n_power_iterations
+        u = like_batch_axes(state.u, kernel, len(stack.batch_axes))
+        sigma, u = stack.each(lambda k, u: power_iteration(k, u, n))(kernel, u)
+        projected = clip_to_certified_bound(w, sigma, u, cast(Evaluated, self._max), stack)
         return projected, SpectralNormState(u=u)
 
     def get_config(self) -> dict[str, Any]:
-        return {"max_value": self.max_value, "n_power_iterations": self.n_power_iterations}
+        return {
+            "max_value": self.max_value,
+            "n_power_iterations": self.n_power_iterations,
+            **self.matrix_stack.config(),
+        }
 
 
 def clip_spectral_norm(w: jax.Array, sigma: jax.Array, max_value: Evaluated) -> jax.Array:
@@ -194,7 +241,11 @@ CERTIFICATE_RTOL_FLOAT64 = 1e-12
 
 
 def clip_to_certified_bound(
-    w: jax.Array, sigma: jax.Array, u: jax.Array, max_value: Evaluated
+    w: jax.Array,
+    sigma: jax.Array,
+    u: jax.Array,
+    max_value: Evaluated,
+    stack: MatrixStack = ONE_MATRIX,
 ) -> jax.Array:
     """Returns ``w`` if a certificate proves ``sigma_max(w) <= max_value``, else ``w * s`` in
     ``w``'s dtype with ``s`` small enough that the result provably has ``sigma_max <=
@@ -212,6 +263,8 @@ def clip_to_certified_bound(
     for ``s = (c - sqrt(size) eta_d) / (U + (u_32 + u_d (1 + u_32)) N)``, rounded down. The
     derivative of ``s`` is that of ``c / sigma`` scaled by ``U / sigma``, ``sigma`` being the
     power-iteration estimate (whose derivative is ``v u^T``), as before the certificate.
+    With a non-trivial ``stack``, all of this holds per matrix (``sigma``, ``u`` and the
+    bounds have the batch shape).
     """
     dtype = accumulation_dtype(w.dtype)
     kernel = w.astype(dtype)
@@ -221,12 +274,14 @@ def clip_to_certified_bound(
         u,
         rtol=CERTIFICATE_RTOL_FLOAT64 if dtype == np.float64 else CERTIFICATE_RTOL,
         stop_below=c,
+        stack=stack,
     )
     unit = unit_roundoff(dtype)
     narrow = np.dtype(w.dtype) != dtype
     unit_out = unit_roundoff(w.dtype) if narrow else 0.0
     relative = unit + unit_out * (1 + unit)
-    underflow = math.sqrt(w.size) * float(np.finfo(w.dtype).tiny)
+    size = w.size // max(1, sigma.size)  # Entries of one matrix.
+    underflow = math.sqrt(size) * float(np.finfo(w.dtype).tiny)
     up = jnp.asarray(jnp.inf, dtype)
     down = jnp.asarray(0, dtype)
     denominator = jnp.nextafter(cert.bound + jnp.nextafter(relative * cert.abs_norm, up), up)
@@ -239,5 +294,6 @@ def clip_to_certified_bound(
         jnp.where(frozen > 0, scale / jnp.where(frozen > 0, frozen, 1), 0)
     )
     scale = jax.lax.stop_gradient(scale) - slope * (sigma - frozen)
-    scaled = (kernel * scale).astype(w.dtype)
-    return jnp.where(cert.bound <= c, w, scaled)
+    parts = stack.split(kernel)
+    scaled = (parts * scale.reshape(scale.shape + (1,) * (parts.ndim - scale.ndim))).astype(w.dtype)
+    return stack.merge(stack.select(cert.bound <= c, stack.split(w), scaled), w.shape)

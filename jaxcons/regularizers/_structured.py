@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 from jaxcons._src import validation
 from jaxcons._src.base import Regularizer
 from jaxcons._src.linalg import as_matrix, check_matrix, compose, like, svd
+from jaxcons._src.matrix_stacks import MatrixStack, matrix_stack
 from jaxcons._src.numerics import safe_norm, upcast
 from jaxcons._src.validation import axis_argument, axis_config, resolve_axes
 
@@ -149,12 +150,23 @@ class NuclearNorm(Regularizer):
     rank-deficient kernel the gradient is one subgradient). One SVD per call, in float32
     (float64 for float64 kernels); it gathers a sharded kernel.
 
+    With ``batch_axes`` (after an optional ``view``), every index of those axes is its own
+    matrix: the penalty is the sum of their nuclear norms, and the proximal step thresholds
+    each one's singular values (one batched SVD, which a parameter sharded along a batch axis
+    runs where it lives).
+
     Args:
       factor: the factor ``f`` (finite, ``>= 0``).
+      batch_axes: axes (of ``view``, when given) whose every index is a separate matrix: an
+        int or a tuple of ints; ``()`` (the default) for one matrix per parameter.
+      view: ``None``, or a shape of the parameter's size to reshape it to before
+        ``batch_axes`` apply.
 
     Raises:
       ValueError: if ``factor`` is not a finite number ``>= 0``; when applied to (or
-        resolved against) a parameter of rank < 2 (naming its path and shape).
+        resolved against) a parameter of rank < 2, or one that ``view`` and ``batch_axes``
+        do not fit (naming its path and shape).
+      TypeError: for ``batch_axes`` or ``view`` that are not ints.
 
     Example:
       >>> import jax.numpy as jnp, jaxcons
@@ -173,24 +185,36 @@ class NuclearNorm(Regularizer):
     identifiers = ("nuclear_norm",)
     traced_once = True
 
-    def __init__(self, factor: float = 0.01):
+    def __init__(
+        self,
+        factor: float = 0.01,
+        *,
+        batch_axes: int | tuple[int, ...] = (),
+        view: tuple[int, ...] | None = None,
+    ):
         self.factor = validation.factor("factor", factor)
+        self.matrix_stack: MatrixStack = matrix_stack("NuclearNorm", view, batch_axes)
 
     def check(self, shape: tuple[int, ...], path: str) -> None:
-        """Raises ``ValueError`` for a parameter of rank < 2."""
-        check_matrix("NuclearNorm", shape, path)
+        """Raises ``ValueError`` for a parameter of rank < 2, or one that ``view`` and
+        ``batch_axes`` do not fit."""
+        check_matrix("NuclearNorm", shape, path, self.matrix_stack)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        x = jnp.asarray(x)
         self.check(x.shape, "")
-        return self.factor * nuclear_norm(x)
+        stack = self.matrix_stack
+        return self.factor * jnp.sum(stack.each(nuclear_norm)(stack.split(x)))
 
     def prox(self, x: jax.Array, step: jax.typing.ArrayLike) -> jax.Array:
-        """Singular-value soft thresholding by ``step * factor``."""
+        """Singular-value soft thresholding by ``step * factor``, of every matrix."""
+        x = jnp.asarray(x)
         self.check(x.shape, "")
-        return prox_nuclear_norm(x, jnp.asarray(step) * self.factor)
+        threshold = jnp.asarray(step) * self.factor
+        return self.matrix_stack.apply(lambda m: prox_nuclear_norm(m, threshold), x)
 
     def get_config(self) -> dict[str, Any]:
-        return {"factor": self.factor}
+        return {"factor": self.factor, **self.matrix_stack.config()}
 
 
 Axes = tuple[int, ...]

@@ -76,6 +76,7 @@ NAMES = [
     jaxcons.singular_value_clip,
     jaxcons.spectral_norm,
     jaxcons.spectral_norm_bound,
+    jaxcons.spectral_norm_bounds,
     jaxcons.symmetric,
     jaxcons.tangent,
     jaxcons.top_k,

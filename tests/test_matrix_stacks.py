@@ -264,6 +264,7 @@ def test_serialization_round_trips_the_layout():
         ({"batch_axes": 1.5}, TypeError, r"batch_axes must be an int or a tuple of ints, got 1.5"),
         ({"batch_axes": (0, "a")}, TypeError, r"batch_axes entries must be ints, got 'a'"),
         ({"batch_axes": True}, TypeError, r"batch_axes must be an int .* got True"),
+        ({"batch_axes": (True,)}, TypeError, r"batch_axes entries must be ints, got True"),
         ({"batch_axes": (0, 0)}, ValueError, r"batch_axes=\(0, 0\) names an axis twice"),
         ({"view": 12}, TypeError, r"view must be None or a tuple of ints, got 12"),
         ({"view": (12,)}, ValueError, r"view must be a shape of at least two axes.*\(12,\)"),
@@ -342,3 +343,14 @@ def test_a_nuclear_norm_layout_that_does_not_fit_names_its_path():
 def test_a_view_of_the_wrong_size_is_an_error_when_called_directly():
     with pytest.raises(ValueError, match=r"view=\(2, 2, 2\) has 8 entries, but the array"):
         Orthogonal(view=(2, 2, 2))(jnp.ones((3, 3)))
+
+
+def test_a_start_far_from_the_set_names_the_matrix():
+    w = np.stack([np.eye(4, 3), 3.0 * np.eye(4, 3), np.eye(4, 3)]).astype(np.float32)
+    match = r"singular values of matrix \(1,\) \(batch index\) of this kernel .* \[3, 3\]"
+    with pytest.raises(ValueError, match=match):
+        Orthogonal(batch_axes=0).init(jnp.asarray(w))
+
+
+def test_numpy_integer_batch_axes_are_ints():
+    assert Orthogonal(batch_axes=np.int64(1)).matrix_stack.batch_axes == (1,)

@@ -100,6 +100,12 @@ ROWS = [
     ),
     Row("nuclear_norm", lambda: jaxcons.NuclearNorm(0.1), (4, 3), _nuclear(0.1)),
     Row(
+        "nuclear_norm_per_head",
+        lambda: jaxcons.NuclearNorm(0.1, batch_axes=1),
+        (4, 2, 3),
+        lambda x: sum(_nuclear(0.1)(x[:, h, :]) for h in range(x.shape[1])),
+    ),
+    Row(
         "custom_subclass",
         Cubes,
         (4, 3),

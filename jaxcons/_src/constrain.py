@@ -11,7 +11,7 @@ import optax
 
 from jaxcons._src.base import Constraint, FunctionConstraint
 from jaxcons._src.declarations import DeclaredRules, required_rules
-from jaxcons._src.matrix_stacks import ONE_MATRIX
+from jaxcons._src.matrix_stacks import ONE_MATRIX, InOrder
 from jaxcons._src.numerics import accumulation_dtype, inward_bounds, wider_float
 from jaxcons._src.registry import CONSTRAINTS
 from jaxcons._src.rules import Rules, RulesLike, build_rules
@@ -383,8 +383,10 @@ def apply_constraints(
     """
     resolution = _direct_rules(params, rules, prefer, strict, "apply_constraints").resolve(params)
     leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=is_masked)
+    order = InOrder()  # Stacked parameters one after another.
     for i, path, c in resolution.active():
-        leaves[i] = call_leaf(c, path, jnp.asarray(leaves[i]))
+        (w,) = order.wait(c, jnp.asarray(leaves[i]))
+        leaves[i] = order.done(c, call_leaf(c, path, w))
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
@@ -438,10 +440,11 @@ def violations(
     resolution = _direct_rules(params, rules, prefer, strict, "violations").resolve(params)
     leaves = jax.tree_util.tree_leaves(params, is_leaf=is_masked)
     out = {}
+    order = InOrder()
     for i, path, c in resolution.active():
-        w = jnp.asarray(leaves[i])
+        (w,) = order.wait(c, jnp.asarray(leaves[i]))
         dtype = accumulation_dtype(w.dtype)
-        gap = jnp.abs(w.astype(dtype) - call_leaf(c, path, w).astype(dtype))
+        gap = jnp.abs(w.astype(dtype) - order.done(c, call_leaf(c, path, w)).astype(dtype))
         stack = getattr(c, "matrix_stack", ONE_MATRIX)  # One value per matrix.
         per_matrix = stack.split(gap).reshape((*stack.batch_shape(w.shape), -1))
         out[path] = jnp.max(per_matrix, axis=-1, initial=0)

@@ -4,17 +4,26 @@ the factors of a network's Lipschitz bound."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxcons._src.constrain import _direct_rules
 from jaxcons._src.linalg import check_matrix
-from jaxcons._src.matrix_stacks import ONE_MATRIX, matrix_stack
+from jaxcons._src.matrix_stacks import ONE_MATRIX, InOrder, MatrixStack, matrix_stack
 from jaxcons._src.rules import Rules, RulesLike
 from jaxcons._src.spectral_bound import certified_spectral_bound
 from jaxcons._src.tree import is_masked
 from jaxcons._src.validation import real_number
+
+
+@functools.partial(jax.jit, static_argnames=("rtol", "stack"))
+def _bound(w: jax.Array, start: jax.Array | None, *, rtol: float | None, stack: MatrixStack):
+    """The certificate, compiled once per shape, dtype and layout: called outside ``jax.jit``
+    (to log bounds), it would otherwise run operation by operation."""
+    return certified_spectral_bound(w, start, rtol=rtol, stack=stack, split=True).bound
 
 
 def spectral_norm_bound(
@@ -160,7 +169,7 @@ def spectral_norm_bound(
                 f"start must have shape batch shape + (columns of one matrix,) = {expected} for "
                 f"a kernel of shape {tuple(w.shape)}, got shape {tuple(start.shape)}."
             )
-    return certified_spectral_bound(w, start, rtol=rtol, stack=stack, split=True).bound
+    return _bound(w, start, rtol=rtol, stack=stack)
 
 
 def spectral_norm_bounds(
@@ -213,11 +222,12 @@ def spectral_norm_bounds(
     )
     leaves = jax.tree_util.tree_leaves(params, is_leaf=is_masked)
     out = {}
+    order = InOrder()  # Stacked parameters one after another.
     for i, path, c in resolution.active():
-        w = jnp.asarray(leaves[i])
+        (w,) = order.wait(c, jnp.asarray(leaves[i]))
         stack = getattr(c, "matrix_stack", ONE_MATRIX)
         if stack.trivial:
             check_matrix(f"spectral_norm_bounds (rule {c!r})", tuple(w.shape), path)
         stack.check(f"spectral_norm_bounds (rule {c!r})", tuple(w.shape), path)
-        out[path] = certified_spectral_bound(w, stack=stack, split=True).bound
+        out[path] = order.done(c, _bound(w, None, rtol=None, stack=stack))
     return out

@@ -136,7 +136,47 @@ class MatrixStack(NamedTuple):
 ONE_MATRIX = MatrixStack(None, ())
 
 
+def after(x: jax.Array, earlier: jax.Array) -> jax.Array:
+    """``x``, bit for bit, computed only once ``earlier`` is: ``x * (1 + 0 * k)`` with ``k``
+    the number of entries of ``earlier`` equal to themselves (a count: finite; a scalar
+    all-reduce where ``earlier`` is sharded). A data dependence XLA keeps: it does not fold
+    ``0 * y`` for floats, whereas `jax.lax.optimization_barrier` is gone before the CPU
+    runtime orders its work."""
+    count = jnp.sum(earlier == earlier)
+    return x * (1 + 0 * count.astype(x.dtype))
+
+
+class InOrder:
+    """Runs the work on stacked parameters one parameter after another.
+
+    jaxlib up to 0.11 (CPU) splits a batched LAPACK call (Cholesky, SVD, eigh) over the
+    intra-op thread pool and blocks a pool thread until its pieces finish: when as many such
+    calls run at once as the pool has threads (two, on a 2-core machine), none finishes. The
+    stacked constraints run one batched call at a time per parameter; this orders the
+    parameters too, by making each stacked parameter's inputs depend on the previous one's
+    result (`after`).
+    """
+
+    def __init__(self) -> None:
+        self._last: Any = None
+
+    def wait(self, value: Any, *arrays: jax.Array) -> tuple[jax.Array, ...]:
+        """``arrays``, made to wait for the previous stacked result if ``value`` (a
+        constraint or regularizer) stacks matrices."""
+        if self._last is None or getattr(value, "matrix_stack", ONE_MATRIX).trivial:
+            return arrays
+        return tuple(after(a, self._last) if a.size else a for a in arrays)
+
+    def done(self, value: Any, result: Any) -> Any:
+        """Records ``result`` as the one the next stacked parameter waits for; returns it."""
+        if not getattr(value, "matrix_stack", ONE_MATRIX).trivial and jnp.size(result):
+            self._last = result
+        return result
+
+
 def _int(name: str, value: Any) -> int:
+    if isinstance(value, bool):  # operator.index accepts True as 1.
+        raise TypeError(f"{name} entries must be ints, got {value!r}.")
     try:
         return operator.index(value)
     except TypeError:
@@ -152,11 +192,13 @@ def matrix_stack(owner: str, view: Any, batch_axes: Any) -> MatrixStack:
       ValueError: for a view with an entry < 1, or fewer than two axes; for batch axes that
         repeat or fall outside the view (when one is given).
     """
-    if isinstance(batch_axes, bool) or not isinstance(batch_axes, (int, tuple, list)):
-        raise TypeError(
-            f"{owner} batch_axes must be an int or a tuple of ints, got {batch_axes!r}."
-        )
-    axes = (batch_axes,) if isinstance(batch_axes, int) else tuple(batch_axes)
+    if not isinstance(batch_axes, (tuple, list)):
+        if isinstance(batch_axes, bool) or not hasattr(batch_axes, "__index__"):
+            raise TypeError(
+                f"{owner} batch_axes must be an int or a tuple of ints, got {batch_axes!r}."
+            )
+        batch_axes = (batch_axes,)
+    axes = tuple(batch_axes)
     axes = tuple(_int(f"{owner} batch_axes", a) for a in axes)
     shape = None
     if view is not None:

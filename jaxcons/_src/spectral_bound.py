@@ -19,7 +19,7 @@ from jaxcons._src.linalg import (
     matvec,
     normalize,
 )
-from jaxcons._src.matrix_stacks import ONE_MATRIX, MatrixStack
+from jaxcons._src.matrix_stacks import ONE_MATRIX, MatrixStack, after
 from jaxcons._src.numerics import accumulation_dtype
 from jaxcons._src.rounding import (
     gamma,
@@ -383,13 +383,15 @@ def certified_spectral_bound(
     primary = each(lambda g, t: _cholesky_bound(g, t, u))(prepared.gram, prepared.first)
 
     def ladder() -> jax.Array:
-        def rungs(gram: jax.Array, estimate: jax.Array) -> jax.Array:
+        def rungs(gram: jax.Array, estimate: jax.Array, primary: jax.Array) -> jax.Array:
             factors = np.array([r * rtol for r in _LADDER_RTOLS] + list(_LADDER_STEPS))
             taus = estimate * (1 + jnp.asarray(factors, dtype))
-            return jnp.min(jnp.stack([_cholesky_bound(gram, tau, u) for tau in taus]))
+            proved = primary
+            for tau in taus:  # One factorization after another (`InOrder` says why).
+                proved = jnp.minimum(proved, _cholesky_bound(gram, after(tau, proved), u))
+            return proved
 
-        tried = each(rungs)(prepared.gram, prepared.estimate)
-        return jnp.where(jnp.isfinite(primary), primary, tried)
+        return each(rungs)(prepared.gram, prepared.estimate, primary)
 
     proved = jax.lax.cond(jnp.all(jnp.isfinite(primary)), lambda: primary, ladder)
     return each(_finish)(prepared, like_batch_axes(proved, x, len(batch)))

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxcons._src.base import Constraint
+from jaxcons._src.matrix_stacks import InOrder
 from jaxcons._src.numerics import inward_bounds, wider_float
 from jaxcons._src.rules import Rules
 from jaxcons._src.tree import is_masked, path_str
@@ -175,7 +176,8 @@ def map_governed(
     """Replaces the update of every leaf ``rules`` govern with ``fn(path, value, p, u)``.
 
     ``p`` and ``u`` are the leaf's parameter and update as arrays, ``value`` the governing
-    rule's value; other updates pass through.
+    rule's value; other updates pass through. Stacked parameters are processed one after
+    another (`InOrder`).
 
     Raises:
       ValueError: naming ``transform``, when ``params`` is missing or ``updates`` is not
@@ -185,8 +187,10 @@ def map_governed(
     resolution = rules.resolve(params)
     p_leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=is_masked)
     out = _aligned_updates(updates, params, treedef, transform)
+    order = InOrder()
     for i, path, value in resolution.active():
-        out[i] = fn(path, value, jnp.asarray(p_leaves[i]), jnp.asarray(out[i]))
+        p, u = order.wait(value, jnp.asarray(p_leaves[i]), jnp.asarray(out[i]))
+        out[i] = order.done(value, fn(path, value, p, u))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 

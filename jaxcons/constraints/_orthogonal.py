@@ -239,9 +239,13 @@ class Orthogonal(StatefulConstraint):
             s = np.linalg.svd(matrices, compute_uv=False) / self.scale
             low, high = _START_RANGE
             if s.size and not (s.min() >= low and s.max() <= high):
+                bad = (s.min(axis=-1) < low) | (s.max(axis=-1) > high)
+                first = tuple(int(i) for i in np.argwhere(bad)[0])
+                which = f"matrix {first} (batch index) of " if batch else ""
+                s = s[first]
                 raise ValueError(
                     f"{self!r} inside jaxcons.constrain refines the kernel with Newton-Schulz "
-                    f"steps, which need a start near the set: the singular values of this "
+                    f"steps, which need a start near the set: the singular values of {which}this "
                     f"kernel of shape {tuple(w.shape)}, divided by scale, lie in "
                     f"[{s.min():.3g}, {s.max():.3g}], not inside [{low}, {high}]. Project the "
                     "initial parameters first: params = jaxcons.apply_constraints(params, "

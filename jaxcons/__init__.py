@@ -18,7 +18,7 @@ from jaxcons._src.chain import chain as chain
 from jaxcons._src.constrain import ConstrainState as ConstrainState
 from jaxcons._src.constrain import apply_constraints as apply_constraints
 from jaxcons._src.constrain import constrain as constrain
-from jaxcons._src.constrain import violations as violations
+from jaxcons._src.feasibility import violations as violations
 from jaxcons._src.lipschitz import spectral_norm_bound as spectral_norm_bound
 from jaxcons._src.lipschitz import spectral_norm_bounds as spectral_norm_bounds
 from jaxcons._src.penalty import activity_penalty as activity_penalty

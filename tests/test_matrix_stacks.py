@@ -350,6 +350,9 @@ def test_a_start_far_from_the_set_names_the_matrix():
     match = r"singular values of matrix \(1,\) \(batch index\) of this kernel .* \[3, 3\]"
     with pytest.raises(ValueError, match=match):
         Orthogonal(batch_axes=0).init(jnp.asarray(w))
+    rules = {"layers/moe": Orthogonal(batch_axes=0)}
+    with pytest.raises(ValueError, match=r"constrain, parameter 'layers/moe': .* matrix \(1,\)"):
+        jaxcons.constrain(rules).init({"layers": {"moe": jnp.asarray(w)}})
 
 
 def test_numpy_integer_batch_axes_are_ints():

@@ -107,7 +107,7 @@ def test_orthogonal_matrices_within_1e_4(n):
     check(orthogonal(n, n).astype(np.float32), rtol=1e-4)
 
 
-@pytest.mark.parametrize("n", [256, 1024])
+@pytest.mark.parametrize("n", [256, 1024, 2048])
 def test_large_orthogonal_matrices_within_1e_4(n):
     # One product fl(W^T W) would have to cover its worst-case rounding, gamma_n || |W| ||^2 =
     # 0.64 n^2 u for a dense orthogonal W (2% at n = 1024); the split Gram matrix does not.

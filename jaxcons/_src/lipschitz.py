@@ -51,7 +51,8 @@ def spectral_norm_bound(
     the ``gamma_m || |W| ||_2^2`` of one product (for a dense orthogonal ``n x n`` matrix
     that is ``0.64 n gamma_m``: 2% at 1024): ``W = H + M + R`` with ``H`` and ``M`` on grids
     coarse enough that ``H^T H``, ``H^T M`` and ``M^T M`` are exact in any summation order
-    (the splitting of Ozaki et al.), and ``R^T W`` the only rounded product, of a tiny ``R``.
+    (the splitting of Ozaki et al.; the contraction is cut into chunks of 1024 so that each
+    piece keeps 7 bits in float32), and ``R^T W`` the only rounded product, of a tiny ``R``.
     24 Lanczos steps on ``A`` (matrix-vector products, from ``start`` when given) give an
     estimate ``rho`` of ``lambda_max(A)``, and a Cholesky factorization of ``tau I - A`` (a
     sixth of a product) that runs to completion proves ``tau I - A`` positive definite up to
@@ -72,10 +73,11 @@ def spectral_norm_bound(
        input, added to the result).
     2. ``W_s^T W_s = S^T S + R^T W_s + W_s^T R - R^T R`` with ``S = H + M``, and ``R^T R`` is
        positive semidefinite, so dropping it only raises ``lambda_max``. The one rounded
-       product is off by at most ``gamma_m |R|^T |W_s| + 2 m eta`` entrywise (any summation
-       order, Higham Lemma 3.1), the five additions by ``gamma_6`` times the sum of the terms'
-       absolute values; the spectral norms of these nonnegative bounds are bounded by their
-       largest row sums. ``A~`` is made exactly symmetric by mirroring its upper triangle.
+       product is off by at most ``gamma_b |R|^T |W_s| + 2 m eta`` entrywise (``b`` the chunk
+       length; any summation order, Higham Lemma 3.1), the ``6c - 1`` additions of the ``c``
+       chunks' six terms by ``gamma_{6c}`` times the sum of the terms' absolute values; the
+       spectral norms of these nonnegative bounds are bounded by their largest row sums.
+       ``A~`` is made exactly symmetric by mirroring its upper triangle.
     3. If the factorization of ``M = fl(tau I - A~)`` completes, the computed factor has
        ``L L^T = M + E`` with ``|E| <= gamma_{n+1} |L| |L^T|`` (Higham, Theorem 10.3), so
        ``||E||_2 <= gamma_{n+1} min(||L||_F^2, || |L| ||_1 || |L| ||_inf)`` (read off the

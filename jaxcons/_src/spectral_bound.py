@@ -152,63 +152,67 @@ def _abs_gram_row_sum(x_abs: jax.Array, tall: bool) -> jax.Array:
     return jnp.max(jnp.sum(x_abs * r.reshape((1,) * len(lead) + r.shape), axis=-1))
 
 
+# `_split_gram` multiplies its pieces in chunks of at most this many rows of the contraction:
+# the shorter the sums, the more bits each exact piece may keep (float32: 7 at 1024).
+_SPLIT_CHUNK = 1024
+
+
 def _split_gram(xs: jax.Array, u: float, tiny: float) -> tuple[jax.Array, jax.Array]:
     """The smaller Gram matrix of ``xs`` (largest entry below 1), to about ``u`` relative, and
     a bound on its error, in four products; ``_kernel_gram``'s one product is off by up to
     ``gamma_m || |xs| ||_2^2``, which for a dense orthogonal matrix is ``0.64 n gamma_m`` of
     ``lambda_max``.
 
-    ``xs = H + M + R``: ``H`` is ``xs`` truncated to multiples of ``2^-k``, ``M`` the rest
-    truncated to multiples of ``2^-2k``, with ``2k + log2(m) <= p`` (``p`` significand bits),
-    so every partial sum of ``H^T H``, ``H^T M`` and ``M^T M`` is a multiple of the smallest
-    unit below ``m`` times the largest: they are exact in any summation order. With
-    ``S = H + M``, ``xs^T xs = S^T S + R^T xs + xs^T R - R^T R``, and ``R^T R`` is positive
-    semidefinite, so ``A^ = H^T H + (B + B^T) + M^T M + (C + C^T)``, ``B = H^T M``,
-    ``C = fl(R^T xs)``, has ``lambda_max(xs^T xs) <= lambda_max(A^) + ||E||_2`` where ``|E|``
-    is at most ``gamma_m (|R|^T |xs| + |xs|^T |R|) + 2 m tiny`` (the one rounded product) plus
-    ``gamma_6`` times the sum of the six terms' absolute values (the final additions).
+    ``xs`` is viewed as the ``(m, n)`` matrix ``X`` whose Gram matrix ``X^T X`` is wanted (the
+    transpose of a wide view), and its ``m`` rows cut into ``c`` chunks of at most
+    `_SPLIT_CHUNK` rows (zero rows pad the last). ``X = H + M + R``: ``H`` is ``X`` truncated to
+    multiples of ``2^-k``, ``M`` the rest truncated to multiples of ``2^-2k``, with ``2k +
+    log2(chunk) <= p`` (``p`` significand bits), so every partial sum of a chunk's ``H^T H``,
+    ``H^T M`` and ``M^T M`` is a multiple of the smallest unit below ``chunk`` times the
+    largest: they are exact in any summation order. With ``S = H + M``, ``X^T X = S^T S + R^T X
+    + X^T R - R^T R``, and ``R^T R`` is positive semidefinite, so the sum over chunks of
+    ``H^T H + (B + B^T) + M^T M + (C + C^T)``, ``B = H^T M``, ``C = fl(R^T X)``, has
+    ``lambda_max(X^T X) <= lambda_max(A^) + ||E||_2``, where ``|E|`` is at most ``gamma_chunk
+    (|R|^T |X| + |X|^T |R|) + 4 m eta`` (the rounded products) plus ``gamma_{6c}`` times the sum
+    of the ``6c`` terms' absolute values (the additions, in any order).
     """
-    lead = tuple(range(xs.ndim - 1))
     rows, out = math.prod(xs.shape[:-1]), xs.shape[-1]
-    tall = rows >= out
-    axes = lead if tall else (xs.ndim - 1,)
-    m, n = (rows, out) if tall else (out, rows)
+    x = xs.reshape(rows, out)
+    if rows < out:
+        x = x.T
+    m, n = x.shape
+    chunk = min(m, _SPLIT_CHUNK)
+    count = -(-m // chunk)
+    x = jnp.pad(x, ((0, count * chunk - m), (0, 0))).reshape(count, chunk, n)
     bits = np.finfo(xs.dtype).nmant + 1
-    k = (bits - math.ceil(math.log2(max(m, 2)))) // 2
-    high = jnp.trunc(xs * 2.0**k) * 2.0**-k
-    rest = xs - high
+    k = (bits - math.ceil(math.log2(max(chunk, 2)))) // 2
+    high = jnp.trunc(x * 2.0**k) * 2.0**-k
+    rest = x - high
     middle = jnp.trunc(rest * 2.0 ** (2 * k)) * 2.0 ** (-2 * k)
     low = rest - middle
 
     def product(a: jax.Array, b: jax.Array) -> jax.Array:
-        out_sharding = P() if is_explicit(a) else None
-        c = jnp.tensordot(a, b, axes=(axes, axes), precision=HIGHEST, out_sharding=out_sharding)
-        return c.reshape(n, n)
+        return jnp.einsum("cmi,cmj->cij", a, b, precision=HIGHEST)
 
     a, b, c, r = (
         product(high, high),
         product(high, middle),
         product(middle, middle),
-        product(low, xs),
+        product(low, x),
     )
-    gram = _mirror_upper(((a + c) + (b + b.T)) + (r + r.T))
-    terms = ((jnp.abs(a) + jnp.abs(c)) + (jnp.abs(b) + jnp.abs(b.T))) + (jnp.abs(r) + jnp.abs(r.T))
-    additions = up(gamma(6, u) * max_row_sum(terms, u))
-    low_abs, xs_abs = jnp.abs(low), jnp.abs(xs)
-    if tall:
-        cross = jnp.maximum(
-            jnp.max(jnp.sum(low_abs * jnp.sum(xs_abs, axis=-1)[..., None], axis=lead)),
-            jnp.max(jnp.sum(xs_abs * jnp.sum(low_abs, axis=-1)[..., None], axis=lead)),
-        )
-    else:
-        shaped = (1,) * len(lead) + (out,)
-        cross = jnp.maximum(
-            jnp.max(jnp.sum(low_abs * jnp.sum(xs_abs, axis=lead).reshape(shaped), axis=-1)),
-            jnp.max(jnp.sum(xs_abs * jnp.sum(low_abs, axis=lead).reshape(shaped), axis=-1)),
-        )
-    # ||N + N^T||_2 <= max row sum of N + max row sum of N^T (N = |R|^T |xs| >= 0).
-    cross = up(2 * sum_bound(sum_bound(cross, out if tall else rows, u), m, u))
-    product_error = up(up(gamma(m, u) * cross) + 2 * 2 * m * n * tiny)
+    bt, rt = jnp.swapaxes(b, 1, 2), jnp.swapaxes(r, 1, 2)
+    gram = _mirror_upper(jnp.sum(((a + c) + (b + bt)) + (r + rt), axis=0))
+    terms = ((jnp.abs(a) + jnp.abs(c)) + (jnp.abs(b) + jnp.abs(bt))) + (jnp.abs(r) + jnp.abs(rt))
+    terms = sum_bound(max_row_sum(jnp.sum(terms, axis=0), u), 6 * count, u)
+    additions = up(gamma(6 * count, u) * terms)
+    low_abs, x_abs = jnp.abs(low).reshape(-1, n), jnp.abs(x).reshape(-1, n)
+    cross = jnp.maximum(
+        jnp.max(jnp.sum(low_abs * jnp.sum(x_abs, axis=1)[:, None], axis=0)),
+        jnp.max(jnp.sum(x_abs * jnp.sum(low_abs, axis=1)[:, None], axis=0)),
+    )
+    # ||N + N^T||_2 <= max row sum of N + max row sum of N^T (N = |R|^T |X| >= 0).
+    cross = up(2 * sum_bound(sum_bound(cross, n, u), count * chunk, u))
+    product_error = up(up(gamma(chunk, u) * cross) + 2 * 2 * count * chunk * n * tiny)
     return gram, up(additions + product_error)
 
 

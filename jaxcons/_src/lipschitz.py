@@ -90,7 +90,7 @@ def spectral_norm_bound(
     on CPUs and on GPUs at ``Precision.HIGHEST`` (no TF32), and the Cholesky factorization a
     standard one (LAPACK, cuSOLVER); TPUs emulate float32 products with bfloat16 passes at
     ``HIGHEST``, exact on the split's short pieces but outside this proof for ``R^T W``.
-    BUILD.md ("Certified spectral-norm bounds") gives the measured excess over the float64
+    BUILD.md ("Stacked matrices and certified bounds") gives the measured excess over the float64
     SVD's value.
 
     **Convolutions.** For a Conv2D kernel ``(h, w, c_in, c_out)`` the bound is of the

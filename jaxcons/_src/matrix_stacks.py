@@ -138,11 +138,11 @@ ONE_MATRIX = MatrixStack(None, ())
 
 def after(x: jax.Array, earlier: jax.Array) -> jax.Array:
     """``x``, bit for bit, computed only once ``earlier`` is: ``x * (1 + 0 * k)`` with ``k``
-    the number of entries of ``earlier`` equal to themselves (a count: finite; a scalar
-    all-reduce where ``earlier`` is sharded). A data dependence XLA keeps: it does not fold
-    ``0 * y`` for floats, whereas `jax.lax.optimization_barrier` is gone before the CPU
-    runtime orders its work."""
-    count = jnp.sum(earlier == earlier)
+    the number of entries of ``earlier`` equal to themselves, capped at 1 (finite in every
+    dtype; a scalar all-reduce where ``earlier`` is sharded). A data dependence XLA keeps: it
+    does not fold ``0 * y`` for floats, whereas `jax.lax.optimization_barrier` is gone before
+    the CPU runtime orders its work."""
+    count = jnp.minimum(jnp.sum(earlier == earlier), 1)  # 0 or 1: finite in float16 too.
     return x * (1 + 0 * count.astype(x.dtype))
 
 

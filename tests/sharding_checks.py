@@ -813,7 +813,18 @@ def check_stacked_constrain(s: Setup) -> str:
     """Per-expert and per-head constraints (batch_axes, view) on parameters sharded along the
     batch axis: the training step moves no matrix, only scalars or one statistic per matrix
     (a flag deciding a rare fallback, the loss), in every branch; values match an unsharded
-    run and every matrix is in its set."""
+    run and every matrix is in its set. Before jax 0.10, `jax.vmap` of the certificate's
+    `jax.lax.fori_loop` on an Explicit mesh fails to trace (a known limitation, BUILD.md)."""
+    try:
+        return _check_stacked_constrain(s)
+    except ValueError as e:
+        old = tuple(int(p) for p in jax.__version__.split(".")[:2]) < (0, 10)
+        if old and "is not found in mesh" in str(e) and "explicit" in s.name:
+            raise KnownLimitationError(f"jax {jax.__version__}, Explicit mesh: {e}") from e
+        raise
+
+
+def _check_stacked_constrain(s: Setup) -> str:
     host, params = _stacked_params(s.mesh)
     rules = stacked_rules()
     tx = chain(adam(1e-2), constraints=rules, tangent={"experts": rules["experts"]})
@@ -874,6 +885,7 @@ CHECKS: dict[str, Callable[[Setup], str]] = {
 # certificate for a kernel sharded along its output axis) need the whole kernel on every device.
 MAY_NOTE = (
     "orthogonal_output_sharded_train_step",
+    "stacked_constrain_train_step",
     "penalty_orthogonal",
     "spectral_apply_constraints",
     "spectral_output_sharded_train_step",

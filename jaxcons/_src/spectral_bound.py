@@ -95,23 +95,26 @@ def _lanczos_top(a: jax.Array, v0: jax.Array, steps: int) -> jax.Array:
     dtype = a.dtype
     small = 8 * n * unit_roundoff(dtype) * jnp.sqrt(jnp.sum(jnp.square(a)))
 
+    index = jnp.arange(k)
+
+    # Rows are read and written through masks, not indexing: under `jax.vmap` on an Explicit
+    # mesh (a stack sharded along its batch axes) older jax cannot shard a scatter.
     def step(j: Any, carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         basis, alphas, betas = carry
-        v = basis[j]
+        v = jnp.sum(jnp.where((index == j)[:, None], basis, 0), axis=0)
         w = jnp.matmul(a, v, precision=HIGHEST)
-        alphas = alphas.at[j].set(v @ w)
+        alphas = jnp.where(index == j, v @ w, alphas)
         for _ in range(2):  # Classical Gram-Schmidt, twice.
             w = w - jnp.matmul(basis.T, jnp.matmul(basis, w, precision=HIGHEST), precision=HIGHEST)
         beta = jnp.sqrt(jnp.sum(jnp.square(w)))
         keep = beta > small
         nxt = jnp.where(keep, w / jnp.where(keep, beta, 1), 0)
         last = j + 1 >= k
-        index = jnp.minimum(j + 1, k - 1)
-        basis = basis.at[index].set(jnp.where(last, basis[index], nxt))
-        betas = betas.at[j].set(jnp.where(keep & ~last, beta, 0))
+        basis = jnp.where(((index == j + 1) & ~last)[:, None], nxt[None, :], basis)
+        betas = jnp.where(index == j, jnp.where(keep & ~last, beta, 0), betas)
         return basis, alphas, betas
 
-    basis = jnp.zeros((k, n), dtype).at[0].set(v0)
+    basis = jnp.where((index == 0)[:, None], v0[None, :], jnp.zeros((k, n), dtype))
     zeros = jnp.zeros((k,), dtype)
     basis, alphas, betas = jax.lax.fori_loop(0, k, step, (basis, zeros, zeros))
     off = betas[: k - 1]

@@ -120,7 +120,8 @@ class Orthogonal(StatefulConstraint):
     v. Every step runs on all matrices at once (nested `jax.vmap`); each `jax.lax.cond` above
     is decided by one flag for the whole stack (whether any matrix failed its check) and
     replaces only the matrices that failed, so a parameter sharded along a batch axis moves
-    one boolean across devices, and the SVD runs only in the rare step that needs it.
+    only scalars across devices (that flag; a count that orders stacked parameters, see the
+    "Lipschitz networks" guide), and the SVD runs only in the rare step that needs it.
 
     ``tol=None`` (the default) is ``max(1e-5, attainable_tolerance(dtype))``: ``1e-5`` for
     float32 and float64 kernels, ``2 eps`` of the dtype for bfloat16 (``0.0156``) and float16

@@ -87,8 +87,8 @@ class SpectralNorm(StatefulConstraint):
     parameter (same size): ``view=(3 * heads, head_dim, dim), batch_axes=0`` on a fused QKV
     weight ``(3 * heads * head_dim, dim)`` gives one matrix per head of q, k and v. The
     matrices are processed together (nested `jax.vmap`); a parameter sharded along a batch
-    axis is bounded where it lives, and only one flag (whether any certificate needs its
-    rare second try) crosses devices.
+    axis is bounded where it lives, and only scalars cross devices (one flag: whether any
+    certificate needs its rare second try; a count that orders stacked parameters).
 
     Args:
       max_value: the bound ``c`` on the largest singular value (finite, > 0), or an optax

@@ -143,16 +143,16 @@ def _kernel_gram(x: jax.Array) -> tuple[jax.Array, int, bool]:
     return _mirror_upper(gram.reshape(n, n)), (rows if tall else out), tall
 
 
-def _abs_gram_row_sum(x_abs: jax.Array, tall: bool) -> jax.Array:
-    """The largest row sum of ``|X|^T |X|`` (tall) or ``|X| |X|^T`` (wide), computed as two
-    matrix-vector products on the kernel's own shape (an upper bound on ``|| |X| ||_2^2``
-    before rounding)."""
-    lead = tuple(range(x_abs.ndim - 1))
+def _abs_product_row_sum(a_abs: jax.Array, b_abs: jax.Array, tall: bool) -> jax.Array:
+    """The largest row sum of ``|A|^T |B|`` (tall) or ``|A| |B|^T`` (wide), for nonnegative
+    ``a_abs`` and ``b_abs`` of one kernel shape, computed as two matrix-vector products on that
+    shape; with ``A = B = X``, an upper bound on ``|| |X| ||_2^2`` before rounding."""
+    lead = tuple(range(a_abs.ndim - 1))
     if tall:
-        r = jnp.sum(x_abs, axis=-1)
-        return jnp.max(jnp.sum(x_abs * r[..., None], axis=lead))
-    r = jnp.sum(x_abs, axis=lead)
-    return jnp.max(jnp.sum(x_abs * r.reshape((1,) * len(lead) + r.shape), axis=-1))
+        r = jnp.sum(b_abs, axis=-1)
+        return jnp.max(jnp.sum(a_abs * r[..., None], axis=lead))
+    r = jnp.sum(b_abs, axis=lead)
+    return jnp.max(jnp.sum(a_abs * r.reshape((1,) * len(lead) + r.shape), axis=-1))
 
 
 # `_split_gram` multiplies its pieces in chunks of at most this many rows of the contraction:
@@ -210,8 +210,7 @@ def _split_gram(xs: jax.Array, u: float, tiny: float) -> tuple[jax.Array, jax.Ar
     additions = up(gamma(6 * count, u) * terms)
     low_abs, x_abs = jnp.abs(low).reshape(-1, n), jnp.abs(x).reshape(-1, n)
     cross = jnp.maximum(
-        jnp.max(jnp.sum(low_abs * jnp.sum(x_abs, axis=1)[:, None], axis=0)),
-        jnp.max(jnp.sum(x_abs * jnp.sum(low_abs, axis=1)[:, None], axis=0)),
+        _abs_product_row_sum(low_abs, x_abs, True), _abs_product_row_sum(x_abs, low_abs, True)
     )
     # ||N + N^T||_2 <= max row sum of N + max row sum of N^T (N = |R|^T |X| >= 0).
     cross = up(2 * sum_bound(sum_bound(cross, n, u), count * chunk, u))
@@ -268,7 +267,8 @@ def _prepare(
     tall = rows >= out
     m = rows if tall else out
     n = out if tall else rows
-    nu_x = sum_bound(sum_bound(_abs_gram_row_sum(jnp.abs(xs), tall), n, u), m, u)
+    xs_abs = jnp.abs(xs)
+    nu_x = sum_bound(sum_bound(_abs_product_row_sum(xs_abs, xs_abs, tall), n, u), m, u)
     if split:
         gram, gram_error = _split_gram(xs, u, tiny)
     else:
